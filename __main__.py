@@ -1,0 +1,3 @@
+from seq2vae.cli import main
+
+raise SystemExit(main())

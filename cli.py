@@ -1,0 +1,47 @@
+"""The `seq2vae` console script: one dispatcher, each subcommand owned by its subpackage.
+
+Subcommand modules are imported lazily so `seq2vae shard --help` never pays for DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, function, one-line help). Each function takes the remaining argv.
+SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "shard": ("seq2vae.data.cli", "main", "tokenise a corpus into webdataset shards"),
+    "train": ("seq2vae.train.cli", "main", "two-phase VAE finetuning (also: torchrun -m seq2vae.train)"),
+    "eval": ("seq2vae.evaluation.cli", "main", "evaluation harness: NLL, KL, IW-NLL, PPL, MI, AU, probes"),
+    "slurm": ("seq2vae.slurm.cli", "main", "render or submit SLURM jobs from a training config"),
+    "quickstart": ("seq2vae.train.quickstart", "main", "synthetic corpus -> shards -> train -> eval, on CPU"),
+    "export": ("seq2vae.train.export", "main", "write a save_pretrained directory from a run's checkpoint"),
+    "generate": ("seq2vae.model.cli", "main", "reconstruct, sample and interpolate with a trained model"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = ["usage: seq2vae <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
+    lines += ["", "Run `seq2vae <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv[0] == "--version":
+        from seq2vae import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"seq2vae: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name, function_name, _ = SUBCOMMANDS[name]
+    function = getattr(importlib.import_module(module_name), function_name)
+    return int(function(rest) or 0)

@@ -1,0 +1,47 @@
+"""The VAE's own settings: what turns a seq2seq backbone into a text VAE. Saved as vae_config.json."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from seq2vae.config import ConfigError, doc
+
+Pooling = Literal["mean", "max", "first", "attention"]
+Injection = Literal["memory", "embedding", "both"]
+
+
+@dataclass
+class VAEConfig:
+    backbone: str = doc(
+        "t5-small",
+        "pretrained seq2seq model: hub name or local directory; 'debug-t5' / 'debug-bart' build a tiny "
+        "random backbone (2+2 layers, d_model 64) for tests and CPU smoke runs",
+    )
+    tokenizer: str | None = doc(None, "tokenizer name or directory; defaults to the backbone's")
+    latent_dim: int = doc(32, "size Z of the latent code z")
+    pooling: Pooling = doc("mean", "how encoder states become one vector; every mode ignores padding")
+    injection: Injection = doc(
+        "memory",
+        "how z reaches the decoder: 'memory' = z projected to memory_states pseudo-encoder states the "
+        "decoder cross-attends to; 'embedding' = z projected and added to every decoder input embedding; "
+        "'both'",
+    )
+    memory_states: int = doc(1, "number M of pseudo-encoder states z is projected to (memory injection)")
+    gradient_checkpointing: bool = doc(False, "recompute backbone activations in backward to save memory")
+
+    def __post_init__(self) -> None:
+        if self.latent_dim < 1:
+            raise ConfigError(f"model.latent_dim must be >= 1, got {self.latent_dim}")
+        if self.memory_states < 1:
+            raise ConfigError(f"model.memory_states must be >= 1, got {self.memory_states}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "vae_config.json") -> "VAEConfig":
+        from seq2vae.config import _build  # the shared validating builder
+
+        return _build(cls, values, "model", source)

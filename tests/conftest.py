@@ -1,0 +1,59 @@
+"""Session fixtures shared by every test package: an offline tokenizer and tiny saved models.
+
+Everything is built here, from the synthetic corpus, because the tests run without hub access.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+# DeepSpeed (imported by train/ tests and subprocesses) must pick its CPU accelerator here.
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TOKENIZER_CORPUS_SIZE = 3000
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """A Unigram tokenizer (pad 0, eos 1, unk 2, mask 3) trained on the synthetic corpus."""
+    from seq2vae.data.synthetic import generate_corpus
+    from seq2vae.data.tokenizer import train_tokenizer
+
+    directory = tmp_path_factory.mktemp("tokenizer")
+    texts = (row["text"] for row in generate_corpus(TOKENIZER_CORPUS_SIZE, seed=0))
+    train_tokenizer(texts, directory, vocab_size=1000)
+    return directory
+
+
+def save_tiny_vae(kind: str, tokenizer_dir: Path, directory: Path, **settings) -> Path:
+    from seq2vae.model import VAEConfig, build_vae
+
+    torch.manual_seed(0)
+    config = VAEConfig(backbone=f"debug-{kind}", tokenizer=str(tokenizer_dir), latent_dim=16, **settings)
+    return build_vae(config).save_pretrained(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tokenizer_dir, tmp_path_factory) -> Path:
+    """A saved tiny random T5 VAE (2+2 layers, d_model 64, latent 16)."""
+    return save_tiny_vae("t5", tokenizer_dir, tmp_path_factory.mktemp("models") / "tiny-t5")
+
+
+@pytest.fixture(scope="session")
+def tiny_bart_dir(tokenizer_dir, tmp_path_factory) -> Path:
+    """A saved tiny random BART VAE (2+2 layers, d_model 64, latent 16)."""
+    return save_tiny_vae("bart", tokenizer_dir, tmp_path_factory.mktemp("models") / "tiny-bart")
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on loopback that is free right now (for torchrun rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
