@@ -73,8 +73,10 @@ class Seq2SeqVAE(nn.Module):
         )
         if config.gradient_checkpointing:
             # transformers 5 renamed gradient to activation checkpointing; older releases lack the new name.
-            enable = getattr(backbone, "activation_checkpointing_enable", None) or backbone.gradient_checkpointing_enable
-            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(backbone, "activation_checkpointing_enable"):
+                backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # Generation's decoder-input shift (embedding injection), set only inside `_shifted_embeddings`.
         self._generation_shift: torch.Tensor | None = None
 
