@@ -1,0 +1,59 @@
+"""`seq2vae generate`: reconstruct, sample and interpolate with a saved model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seq2vae generate", description=__doc__)
+    parser.add_argument("--model", required=True, help="a save_pretrained / `seq2vae export` directory")
+    parser.add_argument("--reconstruct", nargs="+", metavar="TEXT", default=[], help="texts to decode from their posterior mean")
+    parser.add_argument("--sample", type=int, default=0, metavar="N", help="decode N codes drawn from the prior")
+    parser.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="decode points between two texts' codes")
+    parser.add_argument("--steps", type=int, default=5, help="points on an interpolation, end points included")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--do-sample", action="store_true", help="sample tokens instead of greedy/beam decoding")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if not (args.reconstruct or args.sample or args.interpolate):
+        build_parser().error("nothing to do: give --reconstruct, --sample and/or --interpolate")
+    from seq2vae.model import Seq2SeqVAE
+
+    torch.manual_seed(args.seed)
+    vae = Seq2SeqVAE.from_pretrained(args.model).eval()
+    decoding = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "do_sample": args.do_sample}
+    if args.do_sample:
+        decoding |= {"top_p": args.top_p, "temperature": args.temperature}
+    results: dict[str, list] = {}
+    if args.reconstruct:
+        results["reconstructions"] = [
+            {"input": text, "output": output}
+            for text, output in zip(args.reconstruct, vae.reconstruct(args.reconstruct, **decoding))
+        ]
+    if args.sample:
+        generator = torch.Generator().manual_seed(args.seed)
+        results["samples"] = vae.sample(args.sample, generator=generator, **decoding)
+    if args.interpolate:
+        results["interpolation"] = vae.interpolate(*args.interpolate, steps=args.steps, **decoding)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for item in results.get("reconstructions", []):
+        print(f"input:  {item['input']}\noutput: {item['output']}\n")
+    for index, text in enumerate(results.get("samples", [])):
+        print(f"sample {index}: {text}")
+    for index, text in enumerate(results.get("interpolation", [])):
+        print(f"step {index}/{args.steps - 1}: {text}")
+    return 0

@@ -1,0 +1,40 @@
+"""Facts about the repository a stranger relies on: README, CI and packaging agree."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    """The shell commands in README.md's fenced `bash` blocks, one per line."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_ci_runs_the_test_command_readme_gives():
+    test_command = next(c for c in readme_commands() if "pytest" in c)
+    ci_lines = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines()]
+    # README may show `python`, CI spells the interpreter `python3`; the command is otherwise identical.
+    assert test_command.replace("python ", "python3 ") in ci_lines or test_command in ci_lines, test_command
+
+
+def test_ci_installs_pinned_torch_before_the_project():
+    text = (ROOT / ".ci/run").read_text()
+    assert text.index("torch==2.13.0") < text.index("-e '.[test]'")
+    for package in ("slurmctld", "slurmd", "munge"):
+        assert package in text
+
+
+def test_only_the_seq2vae_import_root_is_installed():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = project["tool"]["setuptools"]["packages"]
+    assert all(name == "seq2vae" or name.startswith("seq2vae.") for name in packages)
+    assert project["project"]["scripts"] == {"seq2vae": "seq2vae.cli:main"}
+    # Every subpackage folder named in the mapping exists and is a package.
+    for name in packages:
+        folder = ROOT.joinpath(*name.split(".")[1:])
+        assert (folder / "__init__.py").is_file(), folder
