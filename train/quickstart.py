@@ -107,8 +107,11 @@ def main(argv: list[str]) -> int:
          f"model.tokenizer={tokenizer}", f"seed={args.seed}", *args.overrides],
     )
     summary = run(config)
+    if summary["status"] != "completed":
+        log.warning("training %s at step %d; run the same command again to resume", summary["status"], summary["final_step"])
+        return summary["exit_code"]
     model_dir = export_run(run_dir, output / "model")
-    log.info("training finished at step %s; exported the model to %s", summary.get("step"), model_dir)
+    log.info("training finished at step %d; exported the model to %s", summary["final_step"], model_dir)
 
     metrics = output / "metrics.json"
     status = evaluation_cli.main([
