@@ -1,0 +1,617 @@
+"""Streaming shards into training batches: exact per-rank counts, seeded shuffling, exact resume.
+
+Public API:
+- `build_loader(source, split="train", *, rank, world_size, batch_size, seed, pad_token_id, ...)`:
+  a `ShardLoader`, an iterator that never ends (epochs follow one another, each reshuffled with
+  seed and epoch) and yields batches in the data -> model contract of `seq2vae.data.collate`.
+- `read_split(source, split="valid")`: a sequential single-process reader of one split, yielding
+  `{"key", "input_ids" (np.int32), "text", "meta"}` (evaluation, validation).
+- `check_tokenizer(meta, tokenizer)`: `meta` is a dict from `load_meta` or a shard source (directory,
+  meta.json path, shard URL); `tokenizer` a loaded Hugging Face tokenizer or a name/path for
+  `AutoTokenizer`. Raises `TokenizerMismatchError` (a ValueError) naming both tokenizers when the
+  vocabularies or the pad/EOS ids differ; call it before training starts.
+
+`source` is a shard directory, its meta.json, or shard URLs that webdataset opens (a list, a brace
+pattern such as `/data/train-{000000..000099}.tar`, `::`-separated, `pipe:` or http URLs); the
+meta.json beside the first URL gives the per-shard sample counts. URLs must be shards listed there.
+
+How an epoch is laid out (FIELD_NOTES section 4). All ranks compute the same plan from meta.json:
+1. The split's shards are permuted with (seed, epoch) and concatenated into one sequence of N samples.
+2. Rank r takes the contiguous range [r*P, (r+1)*P) with P = batches_per_epoch * batch_size and
+   batches_per_epoch = N // (world_size * batch_size); the last N - world_size*P samples (fewer than
+   world_size * batch_size) are `dropped_per_epoch`, a different tail every epoch since the order
+   changes. So every rank takes exactly the same number of steps and no sample repeats in an epoch.
+3. A rank's range is cut into `num_streams = max(1, num_workers)` contiguous streams; stream l holds
+   the rank's batches j with j % num_streams == l. A stream reads only the shards overlapping its
+   range (skipping to its first sample), shuffles its samples in blocks of `shuffle_buffer` samples
+   (rounded up to whole batches; each block fully permuted with a seed of epoch, rank, stream and
+   block), optionally sorts pools of batches by length (bucketing) and cuts batches.
+4. DataLoader worker i produces every num_streams-th batch handed out, so the DataLoader's in-order
+   round-robin returns the rank's batches in the planned order, across epoch boundaries too.
+
+Resume: `state_dict()` is `{"epoch", "batch"}` (the next batch to hand out) plus the settings that
+shape the order; `build_loader(..., state=...)` (or `load_state_dict`) continues with exactly the
+batches the uninterrupted run would have produced. Because shuffling works in independent blocks, a
+stream restarts at the block holding its next batch: shards before it are skipped by their counts,
+so a resume reads at most one shard prefix and one block, however far into the epoch it is. World size, batch size, workers, seed, shuffle buffer, bucketing and shards
+must match (ValueError naming the differences otherwise).
+
+Corrupt or truncated shards raise `ShardError` naming the shard. With `on_corrupt="skip"` the shard's
+missing samples are replaced by repeats of samples the stream already read (so every rank still yields
+`batches_per_epoch` batches and no collective waits), counted in `ShardLoader.skipped` and logged.
+(After a resume, those replacement repeats may be other samples than in the uninterrupted run.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from seq2vae.data.collate import collate_numpy
+from seq2vae.data.shards import META_FILENAME, MetaError, decode_ids, decode_sample, load_meta, split_shards
+
+logger = logging.getLogger(__name__)
+
+OnCorrupt = Literal["error", "skip"]
+BUCKET_POOL_BATCHES = 50  # length bucketing sorts pools of this many batches: similar lengths, still mixed
+STATE_VERSION = 1
+REFILL_POOL = 1024
+WORKER_TIMEOUT_S = 600  # samples kept per stream to replace a skipped corrupt shard's samples
+
+
+class ShardError(RuntimeError):
+    """A corrupt, truncated or unreadable shard; the message names it."""
+
+
+class TokenizerMismatchError(ValueError):
+    """The shards were tokenised with a different tokenizer than the training configuration's."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    url: str
+    name: str
+    num_samples: int
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sources
+
+
+def _expand_urls(source: str | Sequence[str]) -> list[str]:
+    from webdataset.shardlists import expand_urls
+
+    if isinstance(source, (str, os.PathLike)):
+        return expand_urls(str(source))
+    return [str(url) for url in source]
+
+
+def _shard_name(url: str) -> str:
+    """The shard file name inside a URL, a path or a `pipe:` command (its last *.tar word)."""
+    words = [word.strip("'\"") for word in url.replace("\\", "/").split()]
+    tars = [word for word in words if word.endswith(".tar")]
+    return (tars[-1] if tars else url).rsplit("/", 1)[-1]
+
+
+def _is_directory_source(source) -> bool:
+    return isinstance(source, (str, os.PathLike)) and (str(source).endswith(META_FILENAME) or Path(source).is_dir())
+
+
+def load_source_meta(source: str | os.PathLike | Sequence[str]) -> dict[str, Any]:
+    """The meta.json of any shard source: a directory, a meta.json path, or the directory of its first URL."""
+    if _is_directory_source(source):
+        return load_meta(source)
+    urls = _expand_urls(source)
+    if not urls:
+        raise MetaError(f"shard source {source!r} names no shards")
+    return load_meta(urls[0])
+
+
+def open_source(source: str | os.PathLike | Sequence[str], split: str) -> tuple[dict[str, Any], list[Shard]]:
+    """Reads the meta.json of `source` and returns it with the split's shards in meta.json order."""
+    meta = load_source_meta(source)
+    if _is_directory_source(source):
+        base = Path(meta["location"]).parent
+        return meta, [Shard(str(base / e["name"]), e["name"], int(e["num_samples"])) for e in split_shards(meta, split)]
+    urls = _expand_urls(source)
+    known = {
+        entry["name"]: (name, int(entry["num_samples"]))
+        for name, split_entry in meta["splits"].items()
+        for entry in split_entry.get("shards", [])
+    }
+    shards = []
+    for url in urls:
+        name = _shard_name(url)
+        if name not in known:
+            raise MetaError(f"shard {url} is not listed in {meta['location']}: shards must come with their meta.json")
+        if known[name][0] == split:
+            shards.append(Shard(url, name, known[name][1]))
+    if not shards:
+        raise MetaError(f"none of the {len(urls)} shard URLs in {source!r} belong to split {split!r}")
+    return meta, shards
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading one shard
+
+
+def iter_shard(shard: Shard, start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
+    """Raw samples `start:stop` of `shard` (bytes fields, as stored).
+
+    Raises:
+        ShardError naming the shard when it cannot be opened or read, or holds fewer samples than
+        meta.json says (a truncated copy can end cleanly at a member boundary).
+    """
+    from webdataset.gopen import gopen
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    stop = shard.num_samples if stop is None else stop
+    count = 0
+    stream = None
+    try:
+        stream = gopen(shard.url, "rb")
+        files = tar_file_expander([{"url": shard.url, "stream": stream}])
+        for raw in group_by_keys(files):
+            if count >= stop:
+                break
+            if count >= start:
+                yield raw
+            count += 1
+    except (GeneratorExit, ShardError):
+        raise
+    except Exception as error:
+        raise ShardError(f"corrupt shard {shard.url}: {type(error).__name__}: {error}") from error
+    finally:
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:  # a pipe closed early reports its command's status; the data read was complete
+                pass
+    if count < stop:
+        raise ShardError(f"truncated shard {shard.url}: {count} samples, meta.json says {shard.num_samples}")
+
+
+def read_split(source: str | os.PathLike | Sequence[str], split: str = "valid") -> Iterator[dict[str, Any]]:
+    """Yields `{"key", "input_ids" (np.int32 [S]), "text", "meta"}` for every sample of `split`, in order."""
+    _, shards = open_source(source, split)
+    for shard in shards:
+        for raw in iter_shard(shard):
+            try:
+                yield decode_sample(raw)
+            except ValueError as error:
+                raise ShardError(f"corrupt sample {raw.get('__key__')!r} in shard {shard.url}: {error}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The epoch plan
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochPlan:
+    """Which samples each rank and stream reads in an epoch; identical on every rank (see module docstring)."""
+
+    shards: tuple[Shard, ...]
+    world_size: int
+    batch_size: int
+    num_streams: int
+    seed: int
+
+    @property
+    def num_samples(self) -> int:
+        return sum(shard.num_samples for shard in self.shards)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.num_samples // (self.world_size * self.batch_size)
+
+    @property
+    def dropped_per_epoch(self) -> int:
+        return self.num_samples - self.world_size * self.batches_per_epoch * self.batch_size
+
+    def stream_batches(self, stream: int) -> int:
+        """How many of a rank's batches stream `stream` holds (those j with j % num_streams == stream)."""
+        total = self.batches_per_epoch
+        return total // self.num_streams + (1 if stream < total % self.num_streams else 0)
+
+    def shard_order(self, epoch: int) -> list[Shard]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
+        return [self.shards[i] for i in order]
+
+    def stream_range(self, rank: int, stream: int) -> tuple[int, int]:
+        """[start, stop) of the stream's samples in the epoch's concatenated shard order."""
+        start = rank * self.batches_per_epoch * self.batch_size
+        start += sum(self.stream_batches(s) for s in range(stream)) * self.batch_size
+        return start, start + self.stream_batches(stream) * self.batch_size
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that determine the order of batches; resuming requires them unchanged."""
+        return {
+            "world_size": self.world_size,
+            "batch_size": self.batch_size,
+            "num_streams": self.num_streams,
+            "seed": self.seed,
+            # A digest keeps the state small however many shards there are.
+            "shards": hashlib.sha256(
+                "\n".join(f"{shard.name}:{shard.num_samples}" for shard in self.shards).encode("utf-8")
+            ).hexdigest()[:16],
+        }
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng([int(k) for k in key])
+
+
+class _SkipLog:
+    """Corrupt shards a stream skipped since the last batch (reported to the main process with it)."""
+
+    def __init__(self):
+        self.events: list[dict[str, Any]] = []
+
+    def take(self) -> list[dict[str, Any]]:
+        events, self.events = self.events, []
+        return events
+
+
+def _decoded(raw: dict[str, Any], shard: Shard) -> dict[str, Any]:
+    """The raw sample with its ids decoded ("input_ids"); ShardError naming the sample and shard if it is bad."""
+    try:
+        raw["input_ids"] = decode_ids(raw["input_ids.npy"])
+    except (KeyError, ValueError) as error:
+        problem = "no input_ids.npy" if isinstance(error, KeyError) else str(error)
+        raise ShardError(f"corrupt sample {raw.get('__key__')!r} in shard {shard.url}: {problem}") from None
+    return raw
+
+
+def _read_range(
+    order: Sequence[Shard], start: int, stop: int, on_corrupt: OnCorrupt, skip_log: _SkipLog
+) -> Iterator[dict[str, Any]]:
+    """Samples [start, stop) of the concatenation of `order` (ids decoded), exactly stop - start of them."""
+    produced = 0
+    refill: list[dict[str, Any]] = []
+    offset = 0
+    for shard in order:
+        first, last = max(start - offset, 0), min(stop - offset, shard.num_samples)
+        offset += shard.num_samples
+        if first >= last:
+            if offset >= stop:
+                break
+            continue
+        consumed = 0
+        try:
+            for raw in iter_shard(shard, first, last):
+                consumed += 1
+                try:
+                    sample = _decoded(raw, shard)
+                except ShardError as error:
+                    if on_corrupt == "error":
+                        raise
+                    _skip(skip_log, shard, 1, error)
+                    continue
+                if len(refill) < REFILL_POOL:
+                    refill.append(sample)
+                produced += 1
+                yield sample
+        except ShardError as error:
+            if on_corrupt == "error":
+                raise
+            _skip(skip_log, shard, (last - first) - consumed, error)
+    missing = (stop - start) - produced
+    if missing and not refill:
+        raise ShardError(f"every shard read by this stream was corrupt ({[e['shard'] for e in skip_log.events]})")
+    for index in range(missing):
+        yield refill[index % len(refill)]
+
+
+def _skip(skip_log: _SkipLog, shard: Shard, missing: int, error: ShardError) -> None:
+    logger.warning("skipping %d corrupt samples (replaced by repeats of earlier ones): %s", missing, error)
+    skip_log.events.append({"shard": shard.url, "missing": missing, "error": str(error)})
+
+
+def _block_batches(
+    block: list[dict[str, Any]], batch_size: int, shuffle: bool, length_bucketing: bool, rng: np.random.Generator
+) -> Iterator[list[dict[str, Any]]]:
+    """The batches of one shuffle block: the block permuted, then cut into batches; with bucketing,
+    pools of BUCKET_POOL_BATCHES batches are sorted by length and their batches emitted in a random
+    order (similar lengths pad less; the order stays seeded)."""
+    if shuffle:
+        block = [block[i] for i in rng.permutation(len(block))]
+    pool_size = batch_size * (BUCKET_POOL_BATCHES if length_bucketing else 1)
+    for pool_start in range(0, len(block), pool_size):
+        pool = block[pool_start : pool_start + pool_size]
+        assert len(pool) % batch_size == 0, "a stream always holds whole batches"
+        if length_bucketing:
+            pool.sort(key=lambda sample: len(sample["input_ids"]))
+        batches = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
+        yield from (batches[i] for i in rng.permutation(len(batches))) if length_bucketing else batches
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loader
+
+
+@dataclasses.dataclass(frozen=True)
+class _StreamSettings:
+    plan: EpochPlan
+    rank: int
+    pad_token_id: int
+    shuffle_buffer: int
+    length_bucketing: bool
+    on_corrupt: OnCorrupt
+    with_keys: bool
+
+    @property
+    def block_size(self) -> int:
+        """Samples per shuffle block: shuffle_buffer rounded up to whole batches (whole bucketing pools)."""
+        unit = self.plan.batch_size * (BUCKET_POOL_BATCHES if self.length_bucketing else 1)
+        return max(1, -(-self.shuffle_buffer // unit)) * unit
+
+
+class _BatchStream(IterableDataset):
+    """Runs in each DataLoader worker: worker i yields the i-th, (i+W)-th, ... batches from the resume point.
+
+    Each yielded item is (batch, (epoch, batch index in the epoch), skipped-shard events).
+    """
+
+    def __init__(self, settings: _StreamSettings, start_epoch: int, start_batch: int):
+        self.settings, self.start_epoch, self.start_batch = settings, start_epoch, start_batch
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        plan = self.settings.plan
+        width, per_epoch = plan.num_streams, plan.batches_per_epoch
+        epoch, first = self.start_epoch, self.start_batch
+        handed_before_epoch = -self.start_batch  # batches handed out (from the resume point) before `epoch` began
+        while True:
+            # This worker serves the batches j of this epoch with (handed_before_epoch + j) % width == worker,
+            # which is one stream l (the rank's batches with j % width == l).
+            stream = (worker - handed_before_epoch) % width
+            skip = max(0, -(-(first - stream) // width))  # stream batches before the resume point
+            yield from self._epoch_batches(epoch, stream, skip)
+            handed_before_epoch += per_epoch
+            epoch, first = epoch + 1, 0
+
+    def _epoch_batches(self, epoch: int, stream: int, skip: int):
+        """Stream `stream`'s batches of `epoch` from its batch `skip` on. Samples are shuffled in blocks of
+        `block_size` (each fully permuted), so resuming re-reads at most one block, never the epoch so far."""
+        settings, plan = self.settings, self.settings.plan
+        block_size, batch_size = settings.block_size, plan.batch_size
+        skip_log = _SkipLog()
+        start, stop = plan.stream_range(settings.rank, stream)
+        first_block = skip * batch_size // block_size
+        # Shards wholly before the first needed block are skipped by their meta.json counts, unread.
+        samples = _read_range(plan.shard_order(epoch), start + first_block * block_size, stop, settings.on_corrupt, skip_log)
+        index = first_block * (block_size // batch_size)
+        for block_index in itertools.count(first_block):
+            block = list(itertools.islice(samples, block_size))
+            if not block:
+                return
+            rng = _rng(plan.seed, epoch, settings.rank, stream, block_index)
+            for batch in _block_batches(block, batch_size, settings.shuffle_buffer > 1, settings.length_bucketing, rng):
+                if index >= skip:
+                    yield self._collate(batch), (epoch, index * plan.num_streams + stream), skip_log.take()
+                index += 1
+
+    def _collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collate_numpy(samples, self.settings.pad_token_id)
+        if self.settings.with_keys:
+            batch["keys"] = [sample["__key__"] for sample in samples]
+        return batch
+
+
+def _as_is(item):
+    return item
+
+
+class ShardLoader:
+    """Endless iterator of training batches for one rank; see the module docstring for the guarantees.
+
+    Attributes:
+        batches_per_epoch: batches every rank yields per epoch (from meta.json alone).
+        dropped_per_epoch: samples per epoch that cannot be spread evenly over ranks x batch size.
+        samples_per_epoch: samples this rank sees per epoch.
+        skipped: corrupt-shard events ({"shard", "missing", "error"}) seen so far (on_corrupt="skip").
+        epoch: the epoch of the next batch.
+    """
+
+    def __init__(self, settings: _StreamSettings, num_workers: int, meta: dict[str, Any], state: dict | None):
+        self._settings = settings
+        self._num_workers = num_workers
+        self.meta = meta
+        plan = settings.plan
+        self.batches_per_epoch = plan.batches_per_epoch
+        self.dropped_per_epoch = plan.dropped_per_epoch
+        self.samples_per_epoch = plan.batches_per_epoch * plan.batch_size
+        self.skipped: list[dict[str, Any]] = []
+        self.epoch, self.batch_in_epoch = 0, 0
+        self._iterator = None
+        if state is not None:
+            self.load_state_dict(state)
+
+    def _fingerprint(self) -> dict[str, Any]:
+        settings = self._settings
+        return {
+            **settings.plan.fingerprint(),
+            "shuffle_buffer": settings.shuffle_buffer,
+            "length_bucketing": settings.length_bucketing,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position after the batches handed out so far (not what workers prefetched); JSON-able."""
+        return {"version": STATE_VERSION, "epoch": self.epoch, "batch": self.batch_in_epoch, **self._fingerprint()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continues from `state` (restarts the workers if they were running)."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"data loader state version {state.get('version')!r}; expected {STATE_VERSION}")
+        expected = self._fingerprint()
+        different = [key for key in expected if state.get(key) != expected[key]]
+        if different:
+            shown = {key: (state.get(key), expected[key]) for key in different if key != "shards"}
+            if "shards" in different:
+                shown["shards"] = "the shard list or its sample counts changed"
+            raise ValueError(
+                "cannot resume the data loader: settings differ from the saved state "
+                f"(saved, now): {shown}; an exact resume needs the same data and loader settings"
+            )
+        if not 0 <= state["batch"] < self.batches_per_epoch or state["epoch"] < 0:
+            raise ValueError(f"data loader state position epoch {state['epoch']} batch {state['batch']} is out of range")
+        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch"])
+        self.close()
+
+    def __iter__(self) -> ShardLoader:
+        return self
+
+    def _start(self) -> None:
+        dataset = _BatchStream(self._settings, self.epoch, self.batch_in_epoch)
+        if self._num_workers == 0:
+            self._iterator = iter(dataset)
+            return
+        loader = DataLoader(
+            dataset,
+            batch_size=None,  # the streams collate themselves
+            collate_fn=_as_is,
+            num_workers=self._num_workers,
+            prefetch_factor=4,
+            # A worker stuck on a dead URL raises here instead of hanging every rank's next collective.
+            timeout=WORKER_TIMEOUT_S,
+            multiprocessing_context="fork",  # workers inherit the plan; no re-import per worker
+        )
+        self._iterator = iter(loader)
+
+    def __next__(self) -> dict[str, Any]:
+        if self._iterator is None:
+            self._start()
+        arrays, position, skipped = next(self._iterator)
+        batch = {key: torch.from_numpy(value) if isinstance(value, np.ndarray) else value for key, value in arrays.items()}
+        assert position == (self.epoch, self.batch_in_epoch), f"loader order broke: got {position}, expected {(self.epoch, self.batch_in_epoch)}"
+        self.skipped.extend(skipped)
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == self.batches_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        return batch
+
+    def close(self) -> None:
+        """Stops the workers (they are restarted lazily by the next `next()`)."""
+        self._iterator = None
+
+    def __enter__(self) -> ShardLoader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def build_loader(
+    source: str | os.PathLike | Sequence[str],
+    split: str = "train",
+    *,
+    rank: int,
+    world_size: int,
+    batch_size: int,
+    seed: int,
+    pad_token_id: int | None,
+    num_workers: int = 2,
+    shuffle_buffer: int = 1000,
+    length_bucketing: bool = False,
+    on_corrupt: OnCorrupt = "error",
+    state: dict[str, Any] | None = None,
+    epoch: int = 0,
+    with_keys: bool = False,
+) -> ShardLoader:
+    """The training loader for one rank (see the module docstring).
+
+    Args:
+        source: shard directory, meta.json, or shard URLs (list, brace pattern, `::`-separated).
+        rank, world_size: this process's place among the data-parallel ranks.
+        batch_size: samples per batch (per rank, per micro-step).
+        seed: shuffles shards (with the epoch) and samples (with epoch, rank and stream).
+        pad_token_id: padding id; None takes the shards' tokenizer pad id from meta.json.
+        num_workers: DataLoader worker processes (0 = in this process); part of the batch order.
+        shuffle_buffer: samples per shuffle block of each stream (<= 1 disables sample shuffling).
+        length_bucketing: group similar lengths in a batch (less padding).
+        on_corrupt: "error" raises ShardError naming a bad shard; "skip" replaces its samples and counts it.
+        state: a `state_dict()` to resume from.
+        epoch: the epoch to start at when there is no state (its shard order and shuffle).
+        with_keys: add `batch["keys"]` (the sample keys; a list of str) for debugging and tests.
+    Returns:
+        A `ShardLoader`; `next(loader)` gives {"input_ids" [B,S], "attention_mask" [B,S], "labels" [B,S]}.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    if batch_size < 1 or num_workers < 0:
+        raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
+    if on_corrupt not in ("error", "skip"):
+        raise ValueError(f"on_corrupt must be 'error' or 'skip', got {on_corrupt!r}")
+    meta, shards = open_source(source, split)
+    if pad_token_id is None:
+        pad_token_id = meta["tokenizer"].get("pad_token_id")
+        if pad_token_id is None:
+            raise ValueError(f"{meta['location']}: the tokenizer has no pad token; pass pad_token_id")
+    plan = EpochPlan(tuple(shards), world_size, batch_size, max(1, num_workers), seed)
+    if plan.batches_per_epoch == 0:
+        raise ValueError(
+            f"{meta['location']}: split {split!r} has {plan.num_samples} samples, fewer than world size {world_size} "
+            f"x batch size {batch_size}: not one batch per rank"
+        )
+    if plan.dropped_per_epoch:
+        logger.info(
+            "%d of %d %s samples per epoch cannot be spread evenly over %d ranks x batch %d and are left out "
+            "(a different tail each epoch)",
+            plan.dropped_per_epoch, plan.num_samples, split, world_size, batch_size,
+        )
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    settings = _StreamSettings(plan, rank, int(pad_token_id), shuffle_buffer, length_bucketing, on_corrupt, with_keys)
+    data_loader = ShardLoader(settings, num_workers, meta, state)
+    if state is None:
+        data_loader.epoch = epoch
+    return data_loader
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tokenizer check
+
+
+def check_tokenizer(meta: dict[str, Any] | str | os.PathLike, tokenizer) -> None:
+    """Raises TokenizerMismatchError when the shards were not tokenised with `tokenizer`.
+
+    Args:
+        meta: a dict from `load_meta`, or a shard source to load it from.
+        tokenizer: a Hugging Face tokenizer, or a name/path loaded with `AutoTokenizer.from_pretrained`.
+    """
+    from seq2vae.data.shards import tokenizer_info
+
+    if not isinstance(meta, dict):
+        meta = load_source_meta(meta)
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from transformers import AutoTokenizer
+
+        name = str(tokenizer)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    else:
+        name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
+    shards = meta["tokenizer"]
+    current = tokenizer_info(tokenizer, name)
+    different = [
+        key
+        for key in ("vocab_size", "vocab_checksum", "pad_token_id", "eos_token_id")
+        if key in shards and shards[key] != current[key]
+    ]
+    if different:
+        details = ", ".join(f"{key}: shards {shards[key]!r} vs config {current[key]!r}" for key in different)
+        raise TokenizerMismatchError(
+            f"the shards in {meta.get('location', 'meta.json')} were tokenised with {shards.get('name')!r}, which differs "
+            f"from the training config's tokenizer {name!r} ({details}); re-shard with `seq2vae shard --tokenizer "
+            f"{name}` or set the config's tokenizer to the one the shards used"
+        )
