@@ -11,7 +11,8 @@ def debug_backbone_config(kind: str, tokenizer) -> PretrainedConfig:
     """A randomly initialisable T5 ("t5") or BART ("bart") config sized for a laptop CPU.
 
     Special-token ids come from `tokenizer`, so any tokenizer (e.g. one trained offline by
-    `seq2vae.data.tokenizer.train_tokenizer`) works. The LM head is untied like Flan-T5's.
+    `seq2vae.data.tokenizer.train_tokenizer`) works. T5's LM head is tied to the embedding, as in
+    t5-small, so its logits are rescaled by d_model^-0.5 and start near uniform.
     """
     vocab_size = len(tokenizer)
     if kind == "t5":
@@ -24,7 +25,7 @@ def debug_backbone_config(kind: str, tokenizer) -> PretrainedConfig:
             num_decoder_layers=2,
             num_heads=4,
             feed_forward_proj="gated-gelu",
-            tie_word_embeddings=False,
+            tie_word_embeddings=True,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
             decoder_start_token_id=tokenizer.pad_token_id,
