@@ -1,0 +1,43 @@
+"""Evaluation: metric functions on tensors, the harness driver, and `seq2vae eval`.
+
+The metric functions need no model; `seq2vae.evaluation.harness` feeds a Seq2SeqVAE through them
+(`evaluate` for the full harness, `validate` for training's periodic validation). Nothing here
+imports DeepSpeed.
+"""
+
+from seq2vae.evaluation.metrics import (
+    ActiveUnits,
+    MutualInformation,
+    active_units,
+    count_predicted_tokens,
+    count_words,
+    gaussian_kl,
+    gaussian_kl_per_dim,
+    iw_log_likelihood,
+    log_normal,
+    log_standard_normal,
+    mutual_information,
+    perplexity,
+)
+from seq2vae.evaluation.probe import ProbeResult, linear_probe
+from seq2vae.evaluation.reconstruction import corpus_bleu, exact_match, token_accuracy
+
+__all__ = [
+    "ActiveUnits",
+    "MutualInformation",
+    "ProbeResult",
+    "active_units",
+    "corpus_bleu",
+    "count_predicted_tokens",
+    "count_words",
+    "exact_match",
+    "gaussian_kl",
+    "gaussian_kl_per_dim",
+    "iw_log_likelihood",
+    "linear_probe",
+    "log_normal",
+    "log_standard_normal",
+    "mutual_information",
+    "perplexity",
+    "token_accuracy",
+]

@@ -1,0 +1,207 @@
+"""`seq2vae eval`: evaluate a trained model on shards or a text / JSONL file, or compare saved results.
+
+    seq2vae eval --model PATH --data PATH --iw-samples 500 --batch-size 16 --output metrics.json --seed 0
+    torchrun --nproc_per_node 8 -m seq2vae eval ...      (same numbers, sentences split across ranks)
+    seq2vae eval --compare a.json b.json ...
+
+--model is a save_pretrained directory, or a training run directory (config.yaml + checkpoints/)
+which is exported to a temporary directory first. --data is a shard directory (its --split) or a
+.txt / .jsonl file (JSONL fields besides the text become probe factors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from seq2vae.data.stream import ShardError
+from seq2vae.evaluation.data import EvalDataError, load_samples
+from seq2vae.evaluation.harness import CONVENTIONS, EvalConfig, evaluate
+from seq2vae.evaluation.report import format_comparison, format_table
+
+logger = logging.getLogger("seq2vae.eval")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = EvalConfig()
+    parser = argparse.ArgumentParser(
+        prog="seq2vae eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", help="save_pretrained directory or training run directory")
+    parser.add_argument("--data", help="shard directory, or .txt / .jsonl file (optionally .gz)")
+    parser.add_argument("--split", default="valid", help="shard split to evaluate (default: valid)")
+    parser.add_argument("--iw-samples", type=int, default=defaults.iw_samples, help="K importance samples (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="sentences per batch (default: %(default)s)")
+    parser.add_argument(
+        "--decoder-batch-size", type=int, default=defaults.decoder_batch_size,
+        help="sentences x samples per decoder forward; lower it if memory runs out (default: 1024 on GPU, 128 on CPU)",
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of all random draws (default: %(default)s)")
+    parser.add_argument("--max-sentences", type=int, default=None, help="evaluate only the first N sentences")
+    parser.add_argument(
+        "--max-reconstructions", type=int, default=None, help="greedy reconstructions of the first N sentences only"
+    )
+    parser.add_argument(
+        "--prior-samples", type=int, default=defaults.num_prior_samples, help="sentences decoded from the prior (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--interpolations", type=int, default=defaults.num_interpolations,
+        help="sentence pairs interpolated between their posterior means (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--mi-mini-batch-size", type=int, default=defaults.mi_mini_batch_size, help="M of the mini-batch MI (default: %(default)s)"
+    )
+    parser.add_argument("--max-length", type=int, default=512, help="token cap for text / JSONL input (default: %(default)s)")
+    parser.add_argument("--text-field", default="text", help="JSONL field holding the sentence (default: %(default)s)")
+    parser.add_argument("--output", help="write the results as JSON here")
+    parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available, one GPU per rank)")
+    parser.add_argument("--compare", nargs="+", metavar="JSON", help="print saved results side by side and exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.compare:
+        return compare(args.compare)
+    if not args.model or not args.data:
+        print("seq2vae eval: --model and --data are required (or --compare a.json b.json ...)", file=sys.stderr)
+        return 2
+    try:
+        config = EvalConfig(
+            iw_samples=args.iw_samples,
+            batch_size=args.batch_size,
+            decoder_batch_size=args.decoder_batch_size,
+            seed=args.seed,
+            max_reconstructions=args.max_reconstructions,
+            mi_mini_batch_size=args.mi_mini_batch_size,
+            num_prior_samples=args.prior_samples,
+            num_interpolations=args.interpolations,
+        )
+    except ValueError as error:
+        print(f"seq2vae eval: {error}", file=sys.stderr)
+        return 2
+    with _process_group(args.device) as device:
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        level = logging.INFO if rank == 0 else logging.WARNING
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+        try:
+            with _loaded_model(Path(args.model)) as (vae, model_kind):
+                vae.to(device)
+                samples, data_info = load_samples(
+                    args.data, vae.tokenizer, split=args.split, max_sentences=args.max_sentences,
+                    max_length=args.max_length, text_field=args.text_field,
+                )
+                if not samples:
+                    print(f"seq2vae eval: no sentences to evaluate in {args.data} ({_describe_skips(data_info)})", file=sys.stderr)
+                    return 1
+                logger.info("evaluating %d sentences from %s with K=%d", len(samples), args.data, config.iw_samples)
+                result = evaluate(vae, samples, config)
+        except (EvalDataError, FileNotFoundError, ValueError, ShardError) as error:
+            print(f"seq2vae eval: {error}", file=sys.stderr)
+            return 1
+        if rank != 0:
+            return 0
+        record = {
+            "model": str(args.model),
+            "model_kind": model_kind,
+            "data": str(args.data),
+            "data_info": data_info,
+            "split": args.split if data_info.get("kind") == "shards" else None,
+            "iw_samples": config.iw_samples,
+            "seed": config.seed,
+            "conventions": CONVENTIONS,
+            "versions": _versions(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **result,
+        }
+        print(format_table(record))
+        if args.output:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.output).write_text(json.dumps(record, indent=2))
+            print(f"wrote {args.output}")
+    return 0
+
+
+def compare(paths: list[str]) -> int:
+    results = []
+    for path in paths:
+        try:
+            results.append((Path(path).stem, json.loads(Path(path).read_text())))
+        except (OSError, json.JSONDecodeError) as error:
+            print(f"seq2vae eval --compare: cannot read {path}: {error}", file=sys.stderr)
+            return 1
+    print(format_comparison(results))
+    return 0
+
+
+def _describe_skips(info: dict) -> str:
+    skipped = ", ".join(f"{count} {reason}" for reason, count in info.get("skipped", {}).items())
+    return f"{info.get('lines_read', 0)} lines read" + (f"; skipped: {skipped}" if skipped else "")
+
+
+@contextlib.contextmanager
+def _process_group(device_name: str | None):
+    """Joins the torchrun process group when launched by torchrun (NCCL on GPUs, gloo on CPU); yields the device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() if device_name is None else device_name.startswith("cuda")
+    if use_cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    created = False
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        created = True
+    try:
+        yield device
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _loaded_model(path: Path):
+    """Yields (Seq2SeqVAE, "pretrained" | "run export"); a run directory is exported to a temporary directory."""
+    from seq2vae.model import Seq2SeqVAE
+
+    if (path / "vae_config.json").is_file():
+        yield Seq2SeqVAE.from_pretrained(path), "pretrained"
+        return
+    if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
+        from seq2vae.train.export import export_run
+
+        with tempfile.TemporaryDirectory(prefix="seq2vae-eval-") as scratch:
+            exported = export_run(path, Path(scratch) / "model")
+            yield Seq2SeqVAE.from_pretrained(exported), "run export"
+        return
+    raise FileNotFoundError(
+        f"--model {path}: neither a saved model (no vae_config.json) nor a training run directory "
+        "(no config.yaml + checkpoints/)"
+    )
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import transformers
+
+    from seq2vae import __version__
+
+    return {
+        "seq2vae": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": numpy.__version__,
+    }
