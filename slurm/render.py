@@ -1,0 +1,240 @@
+"""Renders an sbatch script from a template, a config, `key=value` overrides and `JobOptions`.
+
+Templates live in `seq2vae/slurm/templates/` (`train`, `sweep`, `eval`, plus the shared
+`_launch` fragment) and use `{{name}}` placeholders; every placeholder must be filled and every
+value used, so a template and this module cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from seq2vae.config import ConfigError
+from seq2vae.slurm.cluster import check_partition_has_gpus
+from seq2vae.slurm.options import JobOptions, Layout, resolve_layout
+from seq2vae.slurm.run_config import TRAINER_MODULE, check_config_file, read_run_facts
+from seq2vae.slurm.sweep import read_sweep_table
+
+JobKind = Literal["train", "eval", "sweep"]
+JOB_KINDS: tuple[str, ...] = ("train", "eval", "sweep")
+
+# The trainer's exit code after saving on a stop signal (seq2vae.train.signals.REQUEUE_EXIT_CODE);
+# repeated here so rendering never imports the training stack.
+REQUEUE_EXIT_CODE = 75
+
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+
+
+@dataclass(frozen=True)
+class RenderedJob:
+    """A rendered script and what it will do."""
+
+    kind: str
+    script: str
+    job_name: str
+    output_dir: Path
+    array_size: int | None  # tasks of a sweep's job array; None for single jobs
+
+
+def render_job(
+    kind: str,
+    config: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    options: JobOptions | None = None,
+    sweep_table: str | Path | None = None,
+) -> RenderedJob:
+    """Checks the request and fills the template of `kind` ('train', 'eval' or 'sweep').
+
+    Raises ConfigError (a ValueError) with a message naming the option, file or key for an
+    impossible request: missing config, GPUs on a CPU-only job or partition, a global batch that
+    does not divide by micro batch x world size, a bad sweep table.
+    """
+    options = options or JobOptions()
+    overrides = list(overrides)
+    if kind not in JOB_KINDS:
+        raise ConfigError(f"unknown job kind {kind!r}; valid kinds: {', '.join(JOB_KINDS)}")
+    if (kind == "sweep") != (sweep_table is not None):
+        raise ConfigError("--sweep TABLE.tsv is required for --kind sweep, and only for it")
+    config_path = check_config_file(config)
+    layout = resolve_layout(options)
+    if layout.gpus_per_node > 0 and options.check_partition:
+        check_partition_has_gpus(options.partition)
+    module = options.module or TRAINER_MODULE
+
+    rows: list[list[str]] = []
+    kind_values: dict[str, str] = {}
+    if kind == "train":
+        read_run_facts(config_path, overrides, module, layout.world_size)
+    elif kind == "sweep":
+        rows = _sweep_rows(config_path, overrides, read_sweep_table(sweep_table), module, layout, sweep_table)
+        kind_values["sweep_table"] = str(Path(sweep_table).resolve())
+        kind_values["sweep_rows"] = "\n".join(f"    {i}) ROW=({_bash_words(row)}) ;;" for i, row in enumerate(rows))
+    else:
+        kind_values.update(_eval_values(config_path, overrides, options))
+
+    job_name = options.job_name or f"seq2vae-{kind}-{config_path.stem}"
+    output_dir = Path(options.output_dir).resolve()
+    workdir = Path(options.workdir).resolve() if options.workdir else Path.cwd()
+    values = {
+        "sbatch": "\n".join(_sbatch_lines(kind, options, layout, job_name, output_dir, workdir, len(rows) or None)),
+        "launch": _launch_fragment(layout, options),
+        "setup": _setup_lines(options),
+        "config": str(config_path),
+        **kind_values,
+    }
+    if kind != "eval":
+        values.update(
+            config_quoted=shlex.quote(str(config_path)), overrides=_bash_words(overrides), program=_bash_words(["-m", module])
+        )
+    return RenderedJob(kind, _fill(_template(kind), values), job_name, output_dir, len(rows) or None)
+
+
+def _launch_fragment(layout: Layout, options: JobOptions) -> str:
+    values = {
+        "ranks_per_node": str(layout.ranks_per_node),
+        "max_restarts": str(options.max_restarts),
+        "requeue_exit_code": str(REQUEUE_EXIT_CODE),
+    }
+    return _fill(_template("_launch"), values).rstrip("\n")
+
+
+def _setup_lines(options: JobOptions) -> str:
+    lines = [_one_line(line, "--setup") for line in options.setup_lines]
+    if options.device == "cpu":
+        lines.append("export DS_ACCELERATOR=cpu  # DeepSpeed on CPU; torch.distributed uses gloo")
+    return "\n".join(lines)
+
+
+def _eval_values(config_path: Path, overrides: list[str], options: JobOptions) -> dict[str, str]:
+    """`seq2vae eval` on the run directory of the training config, valid split of its data."""
+    facts = read_run_facts(config_path, overrides, TRAINER_MODULE, world_size=1)
+    eval_args = shlex.split(options.eval_args or "")
+    if options.device == "cpu":
+        eval_args += ["--device", "cpu"]
+    return {
+        "run_dir": shlex.quote(facts.run_dir),
+        "data": shlex.quote(facts.data_valid or facts.data_train or ""),
+        "eval_args": _bash_words(eval_args),
+    }
+
+
+def _sweep_rows(
+    config_path: Path,
+    overrides: list[str],
+    table_rows: list[list[str]],
+    module: str,
+    layout: Layout,
+    table: str | Path,
+) -> list[list[str]]:
+    """Validates each row against the config and gives every task its own run directory.
+
+    A row without `run_dir` runs in `<run_dir>/task-<i>`; explicit run directories must differ.
+    """
+    rows: list[list[str]] = []
+    run_dirs: dict[str, int] = {}
+    for index, row in enumerate(table_rows):
+        try:
+            facts = read_run_facts(config_path, overrides + row, module, layout.world_size)
+        except ConfigError as error:
+            raise ConfigError(f"sweep table '{table}', row {index}: {error}") from None
+        if not any(item.startswith("run_dir=") for item in row):
+            run_dir = str(Path(facts.run_dir or "runs") / f"task-{index}")
+            row = row + [f"run_dir={run_dir}"]
+        else:
+            run_dir = facts.run_dir
+        if run_dir in run_dirs:
+            raise ConfigError(
+                f"sweep table '{table}': rows {run_dirs[run_dir]} and {index} share run_dir {run_dir!r}; "
+                "each task needs its own (it resumes from it)"
+            )
+        run_dirs[run_dir] = index
+        rows.append(row)
+    return rows
+
+
+def _sbatch_lines(
+    kind: str,
+    options: JobOptions,
+    layout: Layout,
+    job_name: str,
+    output_dir: Path,
+    workdir: Path,
+    array_size: int | None,
+) -> list[str]:
+    log_name = "%x-%A_%a.out" if kind == "sweep" else "%x-%j.out"
+    pairs: list[tuple[str, object]] = [
+        ("job-name", job_name),
+        ("nodes", layout.nodes),
+        # One task per node hosts torchrun, which starts that node's ranks (never one task per GPU).
+        ("ntasks-per-node", 1),
+        ("gpus-per-node", layout.gpus_per_node or None),
+        ("cpus-per-task", options.cpus_per_task),
+        ("mem", options.mem),
+        ("partition", options.partition),
+        ("account", options.account),
+        ("qos", options.qos),
+        ("time", options.time),
+        ("constraint", options.constraint),
+        ("chdir", workdir),
+        ("output", output_dir / log_name),
+        # Requeued runs append to the same log.
+        ("open-mode", "append"),
+    ]
+    if kind != "eval":
+        # B: only the batch script is warned; it forwards the signal to the ranks itself.
+        pairs += [("signal", f"B:USR1@{options.signal_seconds}"), ("requeue", "")]
+    if array_size:
+        limit = f"%{options.max_parallel}" if options.max_parallel else ""
+        pairs.append(("array", f"0-{array_size - 1}{limit}"))
+    lines = []
+    for name, value in pairs:
+        if value is None:
+            continue
+        text = str(value)
+        if any(c.isspace() for c in text):
+            raise ConfigError(f"--{name} {text!r}: whitespace is not allowed in an #SBATCH value")
+        lines.append(f"#SBATCH --{name}={text}" if text else f"#SBATCH --{name}")
+    lines += [_extra_sbatch_line(line) for line in options.sbatch_lines]
+    return lines
+
+
+def _extra_sbatch_line(line: str) -> str:
+    """'exclusive', '--exclusive' or '#SBATCH --exclusive' -> '#SBATCH --exclusive'.
+
+    The bare form exists because argparse takes `--sbatch-line --exclusive` for two flags.
+    """
+    text = _one_line(line, "--sbatch-line").strip()
+    if text.startswith("#SBATCH"):
+        text = text[len("#SBATCH"):].strip()
+    if not text.startswith("-"):
+        text = "--" + text
+    if not re.match(r"^--?[A-Za-z]", text):
+        raise ConfigError(f"--sbatch-line {line!r}: expected an sbatch option such as 'exclusive' or '--mail-type=END'")
+    return f"#SBATCH {text}"
+
+
+def _one_line(text: str, option: str) -> str:
+    if "\n" in text or "\r" in text:
+        raise ConfigError(f"{option} {text!r}: one line per option, please (repeat the option for more)")
+    return text
+
+
+def _bash_words(words: list[str]) -> str:
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def _template(name: str) -> str:
+    return (resources.files("seq2vae.slurm") / "templates" / f"{name}.sbatch").read_text()
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    """Replaces each {{name}}; a placeholder without a value, or a value without a placeholder, is a bug."""
+    names = set(_PLACEHOLDER.findall(template))
+    missing, unused = names - set(values), set(values) - names
+    assert not missing and not unused, f"template/renderer mismatch: missing {missing}, unused {unused}"
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
