@@ -19,7 +19,6 @@ import logging
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ import torch.distributed as dist
 
 from seq2vae.data.stream import ShardError
 from seq2vae.evaluation.data import EvalDataError, load_samples
+from seq2vae.evaluation.distributed import any_rank
 from seq2vae.evaluation.harness import CONVENTIONS, EvalConfig, evaluate
 from seq2vae.evaluation.report import format_comparison, format_table
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         level = logging.INFO if rank == 0 else logging.WARNING
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
         try:
-            with _loaded_model(Path(args.model)) as (vae, model_kind):
+            with _loaded_model(Path(args.model), device) as (vae, model_kind):
                 vae.to(device)
                 samples, data_info = load_samples(
                     args.data, vae.tokenizer, split=args.split, max_sentences=args.max_sentences,
@@ -172,24 +172,39 @@ def _process_group(device_name: str | None):
 
 
 @contextlib.contextmanager
-def _loaded_model(path: Path):
-    """Yields (Seq2SeqVAE, "pretrained" | "run export"); a run directory is exported to a temporary directory."""
+def _loaded_model(path: Path, device: torch.device):
+    """Yields (Seq2SeqVAE, "pretrained" | "run export <tag>").
+
+    A run directory's latest checkpoint is exported once, by rank 0, to RUN_DIR/export/<tag> (where
+    `seq2vae export` writes too; the run directory is on storage every rank shares), then loaded
+    by every rank. An export that fails on rank 0 fails every rank instead of leaving them waiting.
+    """
     from seq2vae.model import Seq2SeqVAE
 
     if (path / "vae_config.json").is_file():
         yield Seq2SeqVAE.from_pretrained(path), "pretrained"
         return
-    if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
-        from seq2vae.train.export import export_run
+    if not ((path / "config.yaml").is_file() and (path / "checkpoints").is_dir()):
+        raise FileNotFoundError(
+            f"--model {path}: neither a saved model (no vae_config.json) nor a training run directory "
+            "(no config.yaml + checkpoints/)"
+        )
+    from seq2vae.train.checkpoint import latest_checkpoint
+    from seq2vae.train.export import export_run
 
-        with tempfile.TemporaryDirectory(prefix="seq2vae-eval-") as scratch:
-            exported = export_run(path, Path(scratch) / "model")
-            yield Seq2SeqVAE.from_pretrained(exported), "run export"
-        return
-    raise FileNotFoundError(
-        f"--model {path}: neither a saved model (no vae_config.json) nor a training run directory "
-        "(no config.yaml + checkpoints/)"
-    )
+    checkpoint = latest_checkpoint(path / "checkpoints")
+    if checkpoint is None:
+        raise FileNotFoundError(f"--model {path}: the run has no complete checkpoint yet")
+    target = path / "export" / checkpoint.name
+    failure = None
+    if (not dist.is_initialized() or dist.get_rank() == 0) and not (target / "vae_config.json").is_file():
+        try:
+            export_run(path, target, checkpoint.name)
+        except (FileNotFoundError, ValueError) as error:
+            failure = error
+    if any_rank(failure is not None, device):
+        raise failure or RuntimeError(f"--model {path}: exporting {checkpoint.name} failed on rank 0")
+    yield Seq2SeqVAE.from_pretrained(target), f"run export {checkpoint.name}"
 
 
 def _versions() -> dict[str, str]:

@@ -309,6 +309,12 @@ class Seq2SeqVAE(nn.Module):
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
             self.backbone.save_pretrained(staging / BACKBONE_SUBDIR, safe_serialization=True)
+            if not (staging / BACKBONE_SUBDIR / "config.json").is_file():
+                # transformers 5 writes nothing on a rank other than 0 once torch.distributed is up.
+                raise RuntimeError(
+                    f"saving {directory}: the backbone was not written (transformers saves on global rank 0 "
+                    "only while torch.distributed is initialised); call save_pretrained on rank 0"
+                )
             save_file({k: v.detach().contiguous().cpu() for k, v in self.heads_state_dict().items()}, staging / HEADS_FILE)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(staging)
