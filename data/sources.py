@@ -114,15 +114,22 @@ def read_jsonl(path: Path, text_field: str, stats: InputStats, strict: bool) -> 
         if not isinstance(example, dict):
             stats.skip("invalid_json", location, f"not a JSON object but {type(example).__name__}", strict)
             continue
-        text = example.pop(text_field, None)
-        if not isinstance(text, str):
-            why = "lacks" if text is None else f"has a non-string ({type(text).__name__})"
-            stats.skip("missing_field", location, f"{why} field {text_field!r}", strict)
-            continue
-        if not text.strip():
-            stats.skip("empty", location, f"empty field {text_field!r}", strict)
-            continue
-        yield Record(text, example, location)
+        record = _record_from(example, text_field, location, stats, strict)
+        if record is not None:
+            yield record
+
+
+def _record_from(example: dict[str, Any], text_field: str, location: str, stats: InputStats, strict: bool) -> Record | None:
+    """The example's text and its other fields as metadata, or None (counted) when the text is missing or empty."""
+    text = example.pop(text_field, None)
+    if not isinstance(text, str):
+        why = "lacks" if text is None else f"has a non-string ({type(text).__name__})"
+        stats.skip("missing_field", location, f"{why} field {text_field!r}; fields: {sorted(example)}", strict)
+        return None
+    if not text.strip():
+        stats.skip("empty", location, f"empty field {text_field!r}", strict)
+        return None
+    return Record(text, _jsonable(example), location)
 
 
 def _load_hf(name: str, split: str | None):
@@ -146,16 +153,9 @@ def read_hf(name: str, split: str | None, text_field: str, stats: InputStats, st
     for index, example in enumerate(dataset):
         stats.lines_read += 1
         location = f"{name}[{split or 'train'}]#{index}"
-        example = dict(example)
-        text = example.pop(text_field, None)
-        if not isinstance(text, str):
-            why = "lacks" if text is None else f"has a non-string ({type(text).__name__})"
-            stats.skip("missing_field", location, f"{why} field {text_field!r}; fields: {sorted(example)}", strict)
-            continue
-        if not text.strip():
-            stats.skip("empty", location, f"empty field {text_field!r}", strict)
-            continue
-        yield Record(text, _jsonable(example), location)
+        record = _record_from(dict(example), text_field, location, stats, strict)
+        if record is not None:
+            yield record
 
 
 def _jsonable(metadata: dict[str, Any]) -> dict[str, Any]:
