@@ -1,0 +1,233 @@
+"""DeepSpeed config resolution: the packaged JSON templates hold `"auto"` where the trainer decides.
+
+DeepSpeed resolves no `"auto"` itself (the Hugging Face Trainer does, for its own users) and ignores
+misspelled top-level keys silently, so `resolve_ds_config` does both jobs: it fills every `"auto"`
+from the model width and the training config, checks batch = micro x accumulation x world, and
+rejects keys DeepSpeed does not know, naming them.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import typing
+from pathlib import Path
+from typing import Any
+
+from seq2vae.train.config import OptimConfig
+
+PACKAGED_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
+
+# Top-level keys DeepSpeed 0.19 reads (deepspeed/runtime/config.py and the feature configs it parses).
+# None = not checked below this key; a dict = the known sub-keys; "zero"/"bf16"/"fp16" = checked
+# against DeepSpeed's own pydantic models (which forbid unknown keys, but only when the engine starts).
+_ADAM_PARAMS = {k: None for k in ("lr", "betas", "eps", "weight_decay", "adam_w_mode", "torch_adam", "bias_correction", "amsgrad", "fused", "foreach", "fp32_optimizer_states")}
+TOP_LEVEL_SCHEMA: dict[str, Any] = {
+    "train_batch_size": None,
+    "train_micro_batch_size_per_gpu": None,
+    "gradient_accumulation_steps": None,
+    "gradient_clipping": None,
+    "optimizer": {"type": None, "params": _ADAM_PARAMS, "legacy_fusion": None},
+    "scheduler": {"type": None, "params": None},
+    "zero_optimization": "zero",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "fp16": "fp16",
+    "data_types": {"grad_accum_dtype": None},
+    "zero_allow_untested_optimizer": None,
+    "zero_force_ds_cpu_optimizer": None,
+    "steps_per_print": None,
+    "wall_clock_breakdown": None,
+    "memory_breakdown": None,
+    "dump_state": None,
+    "prescale_gradients": None,
+    "gradient_predivide_factor": None,
+    "communication_data_type": None,
+    "seq_parallel_communication_data_type": None,
+    "disable_allgather": None,
+    "activation_checkpointing": {
+        k: None
+        for k in (
+            "partition_activations", "contiguous_memory_optimization", "cpu_checkpointing", "number_checkpoints",
+            "synchronize_checkpoint_boundary", "profile",
+        )
+    },
+    "flops_profiler": None,
+    "comms_logger": None,
+    "tensorboard": None,
+    "wandb": None,
+    "csv_monitor": None,
+    "aio": None,
+    "checkpoint": {k: None for k in ("tag_validation", "load_universal", "use_node_local_storage", "parallel_write")},
+    "dataloader_drop_last": None,
+    "elasticity": None,
+    "autotuning": None,
+    "compile": None,
+    "torch_autocast": None,
+    "sparse_gradients": None,
+    "use_data_before_expert_parallelism": None,
+    "log_level": None,
+}
+
+# Rules for "auto" under zero_optimization, HF Trainer's (FIELD_NOTES section 3), d = d_model.
+_BUCKET_RULES = {
+    "reduce_bucket_size": lambda d: d * d,
+    "stage3_prefetch_bucket_size": lambda d: int(0.9 * d * d),
+    "stage3_param_persistence_threshold": lambda d: 10 * d,
+}
+
+
+class DeepSpeedConfigError(ValueError):
+    """A DeepSpeed JSON mistake; the message names the file and the dotted key."""
+
+
+def load_ds_template(name_or_path: str) -> tuple[dict[str, Any], str]:
+    """A bare name ("zero2") resolves to the packaged ds_configs/zero2.json; anything else is a path.
+
+    Returns (the parsed JSON, where it came from).
+    """
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        path = PACKAGED_DIR / f"{name_or_path}.json"
+        if not path.is_file():
+            choices = ", ".join(sorted(p.stem for p in PACKAGED_DIR.glob("*.json")))
+            raise DeepSpeedConfigError(f"key 'deepspeed': no packaged config {name_or_path!r}; choices: {choices}")
+    if not path.is_file():
+        raise DeepSpeedConfigError(f"key 'deepspeed': file {str(path)!r} does not exist")
+    try:
+        return json.loads(path.read_text()), str(path)
+    except json.JSONDecodeError as error:
+        raise DeepSpeedConfigError(f"{path}: not valid JSON: {error}") from None
+
+
+def _pydantic_schema(model: type) -> dict[str, Any]:
+    """Known keys of a DeepSpeed pydantic config model (names and aliases), nested models included."""
+    from deepspeed.runtime.config_utils import DeepSpeedConfigModel
+
+    schema: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        inner = None
+        for candidate in (info.annotation, *typing.get_args(info.annotation)):
+            if isinstance(candidate, type) and issubclass(candidate, DeepSpeedConfigModel):
+                inner = _pydantic_schema(candidate)
+        schema[name] = inner
+        if info.alias:
+            schema[info.alias] = inner
+    return schema
+
+
+def _section_schema(kind: str) -> dict[str, Any]:
+    if kind == "zero":
+        from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+        return _pydantic_schema(DeepSpeedZeroConfig)
+    from deepspeed.runtime.precision_config import DeepSpeedBF16Config, DeepSpeedFP16Config
+
+    return _pydantic_schema(DeepSpeedBF16Config if kind == "bf16" else DeepSpeedFP16Config)
+
+
+def check_known_keys(config: dict[str, Any], source: str, schema: Any = None, prefix: str = "") -> None:
+    """Raises DeepSpeedConfigError for the first key DeepSpeed would not read (e.g. a typo)."""
+    schema = TOP_LEVEL_SCHEMA if schema is None and not prefix else schema
+    if isinstance(schema, str):
+        schema = _section_schema(schema)
+    if schema is None or not isinstance(config, dict):
+        return
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            close = difflib.get_close_matches(key, list(schema), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise DeepSpeedConfigError(
+                f"{source}: unknown DeepSpeed key '{dotted}'{hint}; DeepSpeed would silently ignore it"
+            )
+        if schema[key] is not None:
+            check_known_keys(value, source, schema[key], dotted + ".")
+
+
+def _find_auto(config: Any, prefix: str = "") -> list[str]:
+    if isinstance(config, dict):
+        return [key for k, v in config.items() for key in _find_auto(v, f"{prefix}{k}.")]
+    return [prefix.rstrip(".")] if config == "auto" else []
+
+
+def _fill(section: dict[str, Any], key: str, value: Any, source: str, dotted: str) -> None:
+    """Sets `"auto"` (or a missing key) to `value`; an explicit value must agree with it."""
+    current = section.get(key, "auto")
+    if current == "auto":
+        section[key] = value
+    elif current != value:
+        raise DeepSpeedConfigError(
+            f"{source}: '{dotted}' is {current!r} but the training config implies {value!r}; "
+            f"set it to \"auto\" (or remove it) and size it from the training config"
+        )
+
+
+def resolve_ds_config(
+    template: dict[str, Any],
+    *,
+    d_model: int,
+    micro_batch_size: int,
+    gradient_accumulation_steps: int,
+    world_size: int,
+    optim: OptimConfig,
+    precision: str,
+    source: str = "ds_config",
+) -> dict[str, Any]:
+    """Fills a DeepSpeed template's `"auto"` values. Pure: returns a new dict.
+
+    Args:
+        template: parsed DeepSpeed JSON, possibly with `"auto"` values.
+        d_model: backbone width D; sizes the ZeRO buckets (reduce D^2, stage-3 prefetch 0.9 D^2,
+            stage-3 persistence threshold 10 D).
+        micro_batch_size, gradient_accumulation_steps, world_size: the batch geometry;
+            train_batch_size = micro x accumulation x world.
+        optim: AdamW hyper-parameters and gradient clipping.
+        precision: "bf16" enables DeepSpeed's bf16; "fp32" disables it. Gradients accumulate in fp32.
+        source: file name used in error messages.
+    Raises:
+        DeepSpeedConfigError naming the key: unknown keys, explicit values contradicting the training
+        config, fp16 (T5 overflows in it), a DeepSpeed scheduler (the trainer drives the lr), an
+        optimizer other than Adam/AdamW, or an `"auto"` without a rule.
+    """
+    check_known_keys(template, source)
+    config = copy.deepcopy(template)
+    _fill(config, "train_micro_batch_size_per_gpu", micro_batch_size, source, "train_micro_batch_size_per_gpu")
+    _fill(config, "gradient_accumulation_steps", gradient_accumulation_steps, source, "gradient_accumulation_steps")
+    _fill(config, "train_batch_size", micro_batch_size * gradient_accumulation_steps * world_size, source, "train_batch_size")
+    if config["train_batch_size"] != micro_batch_size * gradient_accumulation_steps * world_size:
+        raise DeepSpeedConfigError(f"{source}: train_batch_size must equal micro x accumulation x world")
+    if config.get("gradient_clipping", "auto") == "auto":
+        config["gradient_clipping"] = optim.gradient_clipping
+
+    optimizer = config.setdefault("optimizer", {"type": "AdamW", "params": {}})
+    if optimizer.get("type") not in ("AdamW", "Adam"):
+        raise DeepSpeedConfigError(f"{source}: 'optimizer.type' must be AdamW or Adam, got {optimizer.get('type')!r}")
+    params = optimizer.setdefault("params", {})
+    resolved_adam = {"lr": optim.lr, "betas": list(optim.betas), "eps": optim.eps, "weight_decay": optim.weight_decay}
+    for key, value in resolved_adam.items():
+        if params.get(key, "auto") == "auto":
+            params[key] = value
+    if "scheduler" in config:
+        raise DeepSpeedConfigError(
+            f"{source}: 'scheduler': remove it; the trainer sets the learning rate from optim.schedule"
+        )
+    if config.get("fp16", {}).get("enabled") not in (None, False):
+        raise DeepSpeedConfigError(f"{source}: 'fp16.enabled': fp16 is not supported (T5 overflows); use precision=bf16")
+
+    bf16 = config.setdefault("bf16", {})
+    _fill(bf16, "enabled", precision == "bf16", source, "bf16.enabled")
+    data_types = config.setdefault("data_types", {})
+    if data_types.get("grad_accum_dtype", "auto") == "auto":
+        data_types["grad_accum_dtype"] = "fp32"
+
+    zero = config.setdefault("zero_optimization", {"stage": 0})
+    for key, rule in _BUCKET_RULES.items():
+        if zero.get(key) == "auto":
+            zero[key] = rule(d_model)
+
+    leftover = _find_auto(config)
+    if leftover:
+        raise DeepSpeedConfigError(f"{source}: no rule resolves \"auto\" for '{leftover[0]}'; give a value")
+    return config

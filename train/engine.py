@@ -1,0 +1,99 @@
+"""The DeepSpeed engine around a Seq2SeqVAE: config resolution, ZeRO-3 construction, param groups.
+
+`seq2vae.model` never imports DeepSpeed; this is the one place that wraps it. Under ZeRO-3 the VAE is
+built inside `deepspeed.zero.Init` with a live `HfDeepSpeedConfig`, so every parameter is partitioned
+the moment it is created (or loaded) and an 11B backbone never materialises whole on one rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seq2vae.model import Seq2SeqVAE, VAEConfig, build_vae
+from seq2vae.train.config import TrainConfig, gradient_accumulation_steps
+from seq2vae.train.distributed import World
+from seq2vae.train.ds_config import load_ds_template, resolve_ds_config
+from seq2vae.train.freezing import optimizer_param_groups, skip_frozen_groups
+
+
+@dataclass
+class Engine:
+    engine: Any  # deepspeed.DeepSpeedEngine
+    vae: Seq2SeqVAE  # the module the engine wraps
+    groups: dict[str, list[torch.nn.Parameter]]  # vae.parameter_groups()
+    optimizer: Any  # the base optimizer whose param groups carry "name" / "frozen"
+    ds_config: dict[str, Any]
+    zero_stage: int
+    # Keeps transformers' view of the ZeRO-3 config alive for as long as the engine (see module doc).
+    hf_ds_config: Any = None
+
+
+def backbone_width(model: VAEConfig) -> int:
+    """d_model of the backbone, read from its config only (no weights), to size DeepSpeed's buckets."""
+    from seq2vae.model.debug import DEBUG_BACKBONES, debug_backbone_config
+
+    if model.backbone in DEBUG_BACKBONES:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model.tokenizer)
+        return debug_backbone_config(model.backbone.removeprefix("debug-"), tokenizer).d_model
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model.backbone).d_model
+
+
+def resolved_ds_config(config: TrainConfig, world_size: int, d_model: int) -> dict[str, Any]:
+    template, source = load_ds_template(config.deepspeed)
+    return resolve_ds_config(
+        template,
+        d_model=d_model,
+        micro_batch_size=config.data.micro_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps(config.data, world_size),
+        world_size=world_size,
+        optim=config.optim,
+        precision=config.precision,
+        source=source,
+    )
+
+
+def build_engine(config: TrainConfig, world: World, ds_config_path: Path | None = None) -> Engine:
+    """Builds the VAE (partitioned under ZeRO-3) and its DeepSpeed engine; writes the resolved JSON.
+
+    Every parameter starts trainable and in the optimizer, one param group per parameter-group name;
+    phases then freeze groups with `freezing.set_frozen`.
+    """
+    import deepspeed
+
+    ds_config = resolved_ds_config(config, world.size, backbone_width(config.model))
+    if ds_config_path is not None and world.is_main:
+        ds_config_path.write_text(json.dumps(ds_config, indent=2) + "\n")
+    zero_stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+    torch.manual_seed(config.seed)  # identical initialisation on every rank
+    hf_ds_config = None
+    construction = contextlib.nullcontext()
+    if zero_stage == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        hf_ds_config = HfDeepSpeedConfig(ds_config)
+        construction = deepspeed.zero.Init(config_dict_or_path=ds_config)
+    with construction:
+        vae = build_vae(config.model)
+    groups = vae.parameter_groups()
+    engine, _, _, _ = deepspeed.initialize(
+        model=vae, model_parameters=optimizer_param_groups(groups, config.optim.weight_decay), config=ds_config
+    )
+    optimizer = engine.basic_optimizer
+    skip_frozen_groups(optimizer)
+    return Engine(engine, vae, groups, optimizer, ds_config, zero_stage, hf_ds_config)
+
+
+def set_learning_rate(optimizer, lr: float) -> None:
+    """The schedule's lr on trainable groups, 0 on frozen ones."""
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0 if group.get("frozen") else lr

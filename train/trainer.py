@@ -1,0 +1,408 @@
+"""The training loop: phases of VAE finetuning on one DeepSpeed engine, with exact resume.
+
+    run(config) -> Trainer(config).fit():  setup -> [resume] -> for each step: train_step ->
+    log / validate / save / stop? -> final save and validation
+
+Every rank runs the same sequence of collectives: the decisions that could differ between ranks
+(stop signal received, non-finite loss) are all-reduced before anyone acts on them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import resource
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seq2vae.config import save_config
+from seq2vae.data.collate import collate
+from seq2vae.data.noising import apply_noise, mask_token_id_for
+from seq2vae.data.stream import build_loader, check_tokenizer, read_split
+from seq2vae.evaluation.distributed import any_rank
+from seq2vae.evaluation.harness import validate
+from seq2vae.model.objective import vae_loss
+from seq2vae.train.checkpoint import (
+    capture_rng,
+    checkpoint_tag,
+    load_checkpoint,
+    resolve_resume,
+    restore_rng,
+    save_checkpoint,
+)
+from seq2vae.train.config import PhaseConfig, TrainConfig, gradient_accumulation_steps, validate_train_config
+from seq2vae.train.distributed import World, barrier, init_world
+from seq2vae.train.engine import build_engine, set_learning_rate
+from seq2vae.train.freezing import set_frozen
+from seq2vae.train.monitor import make_monitor
+from seq2vae.train.schedules import beta_at, lr_at
+from seq2vae.train.signals import REQUEUE_EXIT_CODE, StopRequest
+
+ACTIVE_UNIT_DELTA = 0.01  # Var_x[mu_d] threshold of an active unit (He et al. 2019)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss on some rank."""
+
+
+@dataclass
+class SkipCounter:
+    """Counts optimizer steps skipped for a non-finite loss; too many in a row abort the run."""
+
+    limit: int  # optim.max_consecutive_skips
+    consecutive: int = 0
+    total: int = 0
+
+    def record(self, skipped: bool, step: int) -> None:
+        if not skipped:
+            self.consecutive = 0
+            return
+        self.consecutive += 1
+        self.total += 1
+        if self.consecutive >= self.limit:
+            raise NonFiniteLossError(
+                f"aborting at step {step}: {self.consecutive} consecutive steps had a non-finite loss "
+                f"(optim.max_consecutive_skips={self.limit}); lower optim.lr, check the data, or use precision=fp32"
+            )
+
+
+@dataclass
+class StepResult:
+    parts: dict[str, float]  # loss, recon, kl, kl_thresholded: means over micro-batches and ranks
+    skipped: bool
+    num_tokens: int  # target tokens this rank processed in the step
+    num_samples: int
+    data_wait_s: float
+    step_time_s: float
+    kl_per_dim: torch.Tensor  # [Z] batch mean of the last micro-batch
+    mu: torch.Tensor  # [B,Z] of the last micro-batch
+
+
+def phase_at(phases: list[PhaseConfig], step: int) -> tuple[int, int]:
+    """Global step (0-based) -> (phase index, step within that phase)."""
+    for index, phase in enumerate(phases):
+        if step < phase.steps:
+            return index, step
+        step -= phase.steps
+    raise ValueError("step is past the last phase")
+
+
+def _git_revision() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        ).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        self.config = validate_train_config(config)
+        self.stop_request = StopRequest().install()
+        self.world: World = init_world(config.distributed_timeout_s)
+        self.run_dir = Path(config.run_dir)
+        self.checkpoints_dir = self.run_dir / "checkpoints"
+        if self.world.is_main:
+            self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.run_dir / "config.yaml")
+            (self.run_dir / "git_revision.txt").write_text(_git_revision() + "\n")
+        barrier()
+        # Before building the engine: a mismatch should not wait for an 11B backbone to load.
+        check_tokenizer(config.data.train, config.model.tokenizer or config.model.backbone)
+        self.parts = build_engine(config, self.world, self.run_dir / "ds_config.json")
+        self.engine = self.parts.engine
+        self.accumulation = gradient_accumulation_steps(config.data, self.world.size)
+        tokenizer = self.parts.vae.tokenizer
+        self.pad_token_id = tokenizer.pad_token_id
+        self.mask_token_id = mask_token_id_for(tokenizer)
+        # Per-rank streams: ranks see different data, so their dropout / z draws / noising differ too.
+        _seed_everything(config.seed * 1_000_003 + self.world.rank)
+        self.noise_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + self.world.rank)
+        self.step = 0
+        self.resumed_from: Path | None = None
+        self.skips = SkipCounter(config.optim.max_consecutive_skips)
+        loader_state = self._resume()
+        self.loader = build_loader(
+            config.data.train,
+            "train",
+            rank=self.world.rank,
+            world_size=self.world.size,
+            batch_size=config.data.micro_batch_size,
+            seed=config.seed,
+            pad_token_id=self.pad_token_id,
+            num_workers=config.data.num_workers,
+            shuffle_buffer=config.data.shuffle_buffer,
+            length_bucketing=config.data.length_bucketing,
+            on_corrupt=config.data.on_corrupt,
+            state=loader_state,
+        )
+        self.validation_batches, self._validation_note = self._validation_batches()
+        self.monitor = make_monitor(
+            self.world.is_main, self.run_dir, self.step, config.total_steps, config.logging.progress_bar
+        )
+        self._phase_index: int | None = None
+
+    # ------------------------------------------------------------------------------------ state
+    def _resume(self) -> dict | None:
+        """Loads the checkpoint `config.resume` selects; returns this rank's data-loader state."""
+        path = resolve_resume(self.config.resume, self.checkpoints_dir)
+        if path is None:
+            return None
+        shared, mine = load_checkpoint(self.engine, path, self.world)
+        self.resumed_from = path
+        self.step = shared["step"]
+        self.skips.consecutive, self.skips.total = shared["consecutive_skips"], shared["total_skips"]
+        restore_rng(mine["rng"], self.noise_generator)
+        if self.world.is_main:
+            print(f"resumed from {path} at step {self.step}", flush=True)
+        return mine["data"]
+
+    def save(self) -> Path:
+        """Checkpoint of the current step on all ranks (weights, optimizer, data position, RNG)."""
+        phase_index, step_in_phase = phase_at(self.config.phases, self.step) if self.step < self.config.total_steps else (
+            len(self.config.phases), 0
+        )
+        shared = {
+            "step": self.step,
+            "phase_index": phase_index,
+            "step_in_phase": step_in_phase,  # with the step, all the beta schedule needs
+            "consecutive_skips": self.skips.consecutive,
+            "total_skips": self.skips.total,
+        }
+        rank_state = {"data": self.loader.state_dict(), "rng": capture_rng(self.noise_generator)}
+        return save_checkpoint(
+            self.engine, self.checkpoints_dir, self.step, shared, rank_state, self.config.checkpoint.keep_last, self.world
+        )
+
+    # ------------------------------------------------------------------------------------ steps
+    def enter_phase(self, index: int) -> None:
+        if index == self._phase_index:
+            return
+        phase = self.config.phases[index]
+        set_frozen(self.parts.groups, self.parts.optimizer, phase.freeze)
+        self._phase_index = index
+        frozen = ", ".join(phase.freeze) or "nothing"
+        self.monitor.message(f"phase {index + 1}/{len(self.config.phases)} {phase.name!r}: {phase.steps} steps, frozen: {frozen}")
+
+    def _next_batch(self) -> tuple[dict[str, torch.Tensor], float]:
+        started = time.perf_counter()
+        batch = next(self.loader)
+        return batch, time.perf_counter() - started
+
+    def train_step(self, phase: PhaseConfig, step_in_phase: int) -> StepResult:
+        """One optimizer step: `accumulation` micro-batches, forward, agreed finiteness, backward, step."""
+        started = time.perf_counter()
+        beta = beta_at(phase.beta, step_in_phase, phase.steps)
+        set_learning_rate(self.parts.optimizer, lr_at(self.config.optim, self.step, self.config.total_steps))
+        totals = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "kl_thresholded": 0.0}
+        skipped, data_wait, num_tokens, num_samples = False, 0.0, 0, 0
+        for _ in range(self.accumulation):
+            batch, wait = self._next_batch()
+            data_wait += wait
+            batch = apply_noise(
+                batch, phase.deletion_rate, phase.masking_rate, self.mask_token_id, self.pad_token_id, self.noise_generator
+            )
+            batch = {key: value.to(self.world.device) for key, value in batch.items()}
+            output = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+            loss, parts = vae_loss(output.recon_nll, output.kl_per_dim, beta, phase.free_bits, phase.free_bits_mode)
+            # All ranks agree before anyone steps: a rank alone skipping would desynchronise ZeRO.
+            non_finite = any_rank(not bool(torch.isfinite(loss)), self.world.device)
+            if non_finite:
+                # A NaN loss makes every gradient NaN, and DeepSpeed discards an optimizer step whose
+                # global gradient norm is not finite (on every rank, since the norm is all-reduced).
+                # Running backward/step keeps the engine's accumulation bookkeeping intact.
+                loss = loss * float("nan")
+                skipped = True
+            self.engine.backward(loss)
+            self.engine.step()
+            for key in totals:
+                totals[key] += float(parts[key]) / self.accumulation
+            num_tokens += int(output.num_tokens.sum())
+            num_samples += int(batch["labels"].shape[0])
+        if skipped and self.engine.was_step_applied():
+            raise RuntimeError("internal: DeepSpeed applied an optimizer step the trainer meant to skip")
+        totals["beta"] = beta
+        return StepResult(
+            parts=totals,
+            skipped=skipped,
+            num_tokens=num_tokens,
+            num_samples=num_samples,
+            data_wait_s=data_wait,
+            step_time_s=time.perf_counter() - started,
+            kl_per_dim=output.kl_per_dim.detach().float().mean(0).cpu(),
+            mu=output.mu.detach().float().cpu(),
+        )
+
+    def record_skip(self, skipped: bool) -> None:
+        if skipped:
+            self.monitor.message(f"step {self.step}: non-finite loss on some rank, optimizer step skipped on all")
+        self.skips.record(skipped, self.step)
+
+    # ------------------------------------------------------------------------------------ reporting
+    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        import torch.distributed as dist
+
+        tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=self.world.device)
+        dist.all_reduce(tensor)
+        return dict(zip(values, (tensor / self.world.size).tolist()))
+
+    def _memory(self) -> dict[str, float]:
+        gib = 2**30
+        values = {"memory/max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / gib}
+        if self.world.device.type == "cuda":
+            values["memory/allocated_gib"] = torch.cuda.memory_allocated() / gib
+            values["memory/max_allocated_gib"] = torch.cuda.max_memory_allocated() / gib
+        return values
+
+    def log(self, result: StepResult) -> None:
+        """Scalars averaged over ranks (a collective: every rank calls it at the same steps)."""
+        step, logging = self.step, self.config.logging
+        train = {f"train/{key}": value for key, value in result.parts.items()}
+        grad_norm = self.engine.get_global_grad_norm()
+        train["train/grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        lr = max(group["lr"] for group in self.parts.optimizer.param_groups)
+        per_step = {
+            **train,
+            "train/lr": lr,
+            "train/skipped_steps": float(self.skips.total),
+            "perf/tokens_per_s": result.num_tokens * self.world.size / result.step_time_s,
+            "perf/samples_per_s": result.num_samples * self.world.size / result.step_time_s,
+            "perf/data_wait_share": result.data_wait_s / result.step_time_s,
+            "perf/step_time": result.step_time_s,
+        }
+        if step % logging.every_steps and step != self.config.total_steps:
+            self.monitor.progress({"loss": result.parts["loss"], "kl": result.parts["kl"], "beta": result.parts["beta"]})
+            return
+        averaged = self._mean_over_ranks(per_step)
+        averaged["train/lr"], averaged["train/skipped_steps"] = lr, float(self.skips.total)
+        variance = result.mu.var(0, unbiased=True) if result.mu.shape[0] > 1 else torch.zeros_like(result.kl_per_dim)
+        averaged["latent/active_units"] = float((variance > ACTIVE_UNIT_DELTA).sum())
+        averaged.update(self._memory())
+        self.monitor.scalars(step, averaged)
+        self.monitor.histogram(step, "latent/kl_per_dim", result.kl_per_dim)
+        if logging.histogram_every and step % logging.histogram_every == 0:
+            self.monitor.histogram(step, "latent/mu", result.mu)
+        self.monitor.progress({"loss": averaged["train/loss"], "kl": averaged["train/kl"], "beta": result.parts["beta"]})
+
+    # ------------------------------------------------------------------------------------ validation
+    def _validation_batches(self) -> tuple[list[dict[str, torch.Tensor]], str | None]:
+        """This rank's validation batches (same count on every rank), read once: sentences r, r+W, ...
+
+        Returns (batches, why validation is off or None).
+        """
+        settings = self.config.validation
+        source = self.config.data.valid or self.config.data.train
+        micro, world = self.config.data.micro_batch_size, self.world.size
+        wanted = settings.max_batches * micro * world
+        try:
+            samples = list(itertools.islice(read_split(source, "valid"), wanted))
+        except (OSError, ValueError) as error:
+            return [], f"validation disabled: cannot read the valid split of {source}: {error}"
+        usable = (len(samples) // world) * world
+        if usable == 0:
+            return [], f"validation disabled: the valid split of {source} has fewer sentences than ranks"
+        mine = samples[self.world.rank : usable : world]
+        return [collate(mine[i : i + micro], self.pad_token_id) for i in range(0, len(mine), micro)], None
+
+    def validate(self) -> dict[str, Any] | None:
+        """Recon, KL, -ELBO, IW-NLL, PPL, MI, AU and a few reconstructions on held-out shards (all ranks)."""
+        if not self.validation_batches:
+            return None
+        settings = self.config.validation
+        batches = [{k: v.to(self.world.device) for k, v in batch.items()} for batch in self.validation_batches]
+        metrics = validate(
+            self.engine.module,
+            batches,
+            num_samples=settings.iw_samples,
+            max_batches=settings.max_batches,
+            seed=self.config.seed,
+            num_reconstructions=settings.num_reconstructions,
+            mi_mini_batch_size=settings.mi_mini_batch_size,
+        )
+        scalars = {f"eval/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.monitor.scalars(self.step, scalars, record=False)
+        if self.world.is_main:
+            with (self.run_dir / "validation.jsonl").open("a") as stream:
+                stream.write(json.dumps({"step": self.step, **scalars}) + "\n")
+        pairs = metrics.get("reconstructions") or []
+        if pairs:
+            table = "\n".join(f"| {p['input']} | {p['reconstruction']} |" for p in pairs)
+            self.monitor.text(self.step, "eval/reconstructions", "| input | reconstruction |\n|---|---|\n" + table)
+        return scalars
+
+    # ------------------------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        config = self.config
+        if self._validation_note:
+            self.monitor.message(self._validation_note)
+        last: dict[str, float] = {}
+        validation: dict[str, float] | None = None
+        status, checkpoint = "completed", self.resumed_from
+        try:
+            while self.step < config.total_steps:
+                phase_index, step_in_phase = phase_at(config.phases, self.step)
+                self.enter_phase(phase_index)
+                phase = config.phases[phase_index]
+                result = self.train_step(phase, step_in_phase)
+                self.step += 1
+                self.record_skip(result.skipped)
+                self.log(result)
+                last = result.parts
+                end_of_phase = step_in_phase + 1 == phase.steps
+                if config.validation.every_steps and self.step % config.validation.every_steps == 0:
+                    validation = self.validate()
+                stop = any_rank(self.stop_request.requested, self.world.device)
+                if stop or self.step == config.stop_at_step:
+                    status = "preempted" if stop else "stopped"
+                    checkpoint = self.save()
+                    self.monitor.message(f"{status} at step {self.step}; saved {checkpoint}")
+                    break
+                if self.step % config.checkpoint.every_steps == 0 or end_of_phase:
+                    checkpoint = self.save()
+            if status == "completed":
+                if checkpoint is None or checkpoint.name != checkpoint_tag(self.step):
+                    checkpoint = self.save()
+                if validation is None or not (config.validation.every_steps and self.step % config.validation.every_steps == 0):
+                    validation = self.validate()
+        finally:
+            self.monitor.close()
+        return {
+            "status": status,
+            "exit_code": REQUEUE_EXIT_CODE if status == "preempted" else 0,
+            "final_step": self.step,
+            "losses": last,
+            "validation": validation,
+            "skipped_steps": self.skips.total,
+            "run_dir": str(self.run_dir),
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "config": str(self.run_dir / "config.yaml"),
+            "ds_config": str(self.run_dir / "ds_config.json"),
+            "tensorboard": str(self.run_dir / "tensorboard"),
+            "metrics": str(self.run_dir / "metrics.jsonl"),
+        }
+
+
+def run(config: TrainConfig) -> dict[str, Any]:
+    """Trains `config` in this process (a torchrun worker, or a world of one). Returns a summary:
+    status ("completed" | "stopped" | "preempted"), exit_code, final_step, last losses (train/...),
+    the last validation metrics (eval/...), skipped_steps, and the run directory's paths.
+    The process group stays up afterwards (DeepSpeed caches it), so `run` may be called again in the
+    same process.
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return Trainer(config).fit()
