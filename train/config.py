@@ -29,8 +29,12 @@ class DataConfig:
         "sentences per optimizer step over all ranks; null = micro_batch_size x world size (no "
         "accumulation); otherwise it must be a multiple of micro_batch_size x world size",
     )
-    num_workers: int = doc(0, "data-loader worker processes per rank")
-    shuffle_buffer: int = doc(1000, "samples held in the shuffle buffer of each rank")
+    num_workers: int = doc(
+        0,
+        "data-loader worker processes per rank; part of the batch order, so a resumed run needs the same "
+        "value (and the same world size, micro batch size and seed)",
+    )
+    shuffle_buffer: int = doc(1000, "samples per shuffle block of each loader worker")
     length_bucketing: bool = doc(False, "group sentences of similar length into a batch (less padding)")
     on_corrupt: Literal["error", "skip"] = doc("error", "a corrupt sample stops training, or is logged and skipped")
 

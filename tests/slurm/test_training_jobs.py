@@ -43,13 +43,15 @@ def test_training_job_writes_checkpoints_and_tensorboard_then_an_eval_job_scores
     metrics, tensorboard = logged_steps(run_dir)
     assert metrics == tensorboard == [1, 2, 3, 4, 5, 6]
 
-    # One rank: `seq2vae eval` of a run directory exports it first, which is not yet safe on 2 ranks.
-    eval_id = submit(slurm_cluster, config, "--kind", "eval", "--eval-args", "--iw-samples 5 --max-sentences 16", ranks=1)
+    # Two ranks: rank 0 exports the run once to RUN_DIR/export/<tag>, then both ranks load it.
+    eval_id = submit(slurm_cluster, config, "--kind", "eval", "--eval-args", "--iw-samples 5 --max-sentences 16")
     (job,) = slurm_cluster.wait_until_done(eval_id, timeout=300)
     log = next((tmp_path / "logs").glob(f"*-{eval_id}.out")).read_text()
     assert job["JobState"] == "COMPLETED", log + slurm_cluster.explain(eval_id)
     result = json.loads((run_dir / f"eval-{eval_id}.json").read_text())
     assert result["iw_samples"] == 5 and result["split"] == "valid" and result["metrics"]
+    assert result["model_kind"] == "run export step_00000006"
+    assert (run_dir / "export" / "step_00000006" / "vae_config.json").is_file()
 
 
 def test_preempted_training_saves_requeues_and_resumes(slurm_cluster, write_train_config, tmp_path):

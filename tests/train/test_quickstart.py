@@ -1,0 +1,31 @@
+"""`seq2vae quickstart` end to end (shortened): corpus -> tokenizer -> shards -> 2 phases -> export -> eval."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+
+def test_quickstart_trains_a_model_that_has_not_collapsed(tmp_path):
+    output = tmp_path / "quickstart"
+    command = [
+        "seq2vae", "quickstart", "--output", str(output), "--sentences", "4000", "--iw-samples", "10",
+        "phases.0.steps=250", "phases.1.steps=250", "validation.every_steps=0", "logging.progress_bar=false",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "tensorboard --logdir" in result.stdout and "active units" in result.stdout
+
+    record = json.loads((output / "metrics.json").read_text())
+    metrics = record["metrics"]
+    assert metrics["kl"] > 1.0, metrics  # nats per sentence: the posterior is not the prior
+    assert metrics["active_units"] >= 4, metrics
+    assert metrics["mi_dataset"] > 0.5, metrics
+    assert metrics["iw_nll"] <= metrics["neg_elbo"] + 1e-3, metrics  # the IW bound is never looser
+    assert (output / "model" / "vae_config.json").is_file()
+    assert any((output / "run" / "tensorboard").iterdir())
+
+    # A second run reuses every finished stage and does not train again.
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("reusing") == 3, again.stderr[-3000:]
