@@ -44,12 +44,13 @@ def read_run_facts(config_path: Path, overrides: list[str], module: str, world_s
     Raises ConfigError naming the key (and the file) on a bad config or a batch that does not divide.
     """
     if module == TRAINER_MODULE:
-        from seq2vae.train.config import gradient_accumulation_steps, load_train_config
+        from seq2vae.train.config import load_train_config
 
         config = load_train_config(config_path, overrides)
-        gradient_accumulation_steps(config.data, world_size)
         data = config.data
-        return RunFacts(config.run_dir, data.micro_batch_size, data.global_batch_size, data.train, data.valid)
+        facts = RunFacts(config.run_dir, data.micro_batch_size, data.global_batch_size, data.train, data.valid)
+        check_global_batch(facts, world_size, str(config_path))
+        return facts
     tree = _plain_config(config_path, overrides)
     data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
     facts = RunFacts(
@@ -64,15 +65,17 @@ def read_run_facts(config_path: Path, overrides: list[str], module: str, world_s
 
 
 def check_global_batch(facts: RunFacts, world_size: int, source: str) -> None:
-    """global = micro x accumulation x world size with an integral accumulation, else ConfigError."""
+    """global = micro x accumulation x world size with an integral accumulation (the trainer's own
+    rule, `gradient_accumulation_steps`), else ConfigError naming the file and the key."""
+    from seq2vae.train.config import DataConfig, gradient_accumulation_steps
+
     if facts.global_batch_size is None or facts.micro_batch_size is None:
         return
-    per_pass = facts.micro_batch_size * world_size
-    if facts.global_batch_size % per_pass:
-        raise ConfigError(
-            f"{source}: key 'data.global_batch_size': {facts.global_batch_size} is not a multiple of "
-            f"data.micro_batch_size x world size = {facts.micro_batch_size} x {world_size} = {per_pass}"
-        )
+    data = DataConfig(micro_batch_size=facts.micro_batch_size, global_batch_size=facts.global_batch_size)
+    try:
+        gradient_accumulation_steps(data, world_size)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
 
 
 def _plain_config(config_path: Path, overrides: list[str]) -> dict[str, Any]:
