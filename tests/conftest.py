@@ -6,7 +6,6 @@ Everything is built here, from the synthetic corpus, because the tests run witho
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -54,6 +53,6 @@ def tiny_bart_dir(tokenizer_dir, tmp_path_factory) -> Path:
 @pytest.fixture
 def free_port() -> int:
     """A TCP port on loopback that is free right now (for torchrun rendezvous)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    from seq2vae.train.distributed import free_port as pick_free_port
+
+    return pick_free_port()

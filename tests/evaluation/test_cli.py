@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from seq2vae.evaluation.cli import main
+from seq2vae.train.distributed import free_port
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 EVAL_ARGS = ["--iw-samples", "6", "--batch-size", "8", "--seed", "3", "--device", "cpu", "--max-reconstructions", "8"]
@@ -27,11 +28,7 @@ def one_rank_json(tiny_t5_dir, eval_jsonl, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def two_rank_dir(tiny_t5_dir, eval_jsonl, tmp_path_factory) -> Path:
     """Runs distributed_worker.py under torchrun with 2 gloo ranks; returns its output directory."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     output_dir = tmp_path_factory.mktemp("eval-2ranks")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",

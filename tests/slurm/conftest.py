@@ -23,15 +23,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from seq2vae.train.distributed import free_port
+
 TESTS_DIR = Path(__file__).resolve().parent
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "scontrol", "scancel", "squeue", "sinfo", "srun")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _node_line(node_name: str) -> str:
@@ -148,8 +144,8 @@ def _start_cluster(root: Path) -> LocalSlurm:
             [
                 "ClusterName=seq2vaetest",
                 f"SlurmctldHost={node_name}(127.0.0.1)",
-                f"SlurmctldPort={_free_port()}",
-                f"SlurmdPort={_free_port()}",
+                f"SlurmctldPort={free_port()}",
+                f"SlurmdPort={free_port()}",
                 "SlurmUser=root",
                 "SlurmdUser=root",
                 "AuthType=auth/munge",

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from seq2vae.train.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -22,16 +23,10 @@ def worker_env() -> dict[str, str]:
     return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def torchrun_command(script_args: list[str], nproc: int = 2) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run",
-        "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(free_tcp_port()),
+        "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
         *script_args,
     ]
 
@@ -80,7 +75,7 @@ class Launch:
     configs = CONFIGS
     probe = PROBE
     env = staticmethod(worker_env)
-    free_port = staticmethod(free_tcp_port)
+    free_port = staticmethod(free_port)
     command = staticmethod(torchrun_command)
     run = staticmethod(torchrun)
     train_args = staticmethod(train_args)
