@@ -248,12 +248,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+        loaded = read_yaml_mapping(path)
         # Validate the file on its own first, so its errors name the file rather than the command line.
         _validate_partial(cls, loaded, str(path))
         tree = _merge(tree, loaded)
@@ -263,6 +258,17 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         _set_path(tree, path_parts, value, cls, text)
         source = f"{source} + command line"
     return _build(cls, tree, "", source)
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (empty file: {}), or ConfigError naming the file."""
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    return loaded
 
 
 def _all_defaulted(cls: type) -> bool:

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from seq2vae.config import ConfigError, parse_override
+from seq2vae.config import ConfigError, parse_override, read_yaml_mapping
 
 TRAINER_MODULE = "seq2vae.train"
 
@@ -79,12 +78,7 @@ def check_global_batch(facts: RunFacts, world_size: int, source: str) -> None:
 
 
 def _plain_config(config_path: Path, overrides: list[str]) -> dict[str, Any]:
-    try:
-        tree = yaml.safe_load(config_path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{config_path}: not valid YAML: {error}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{config_path}: the top level must be a mapping of keys to values")
+    tree = read_yaml_mapping(config_path)
     for text in overrides:
         path, value = parse_override(text)
         node = tree
