@@ -93,7 +93,7 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise fail(f"expected a mapping, got {value!r}")
-        return _build(annotation, value, key, source)
+        return build_from_dict(annotation, value, key, source)
     if origin is list:
         (inner,) = get_args(annotation)
         if isinstance(value, str):
@@ -148,7 +148,9 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
     raise fail(f"unsupported annotation {annotation!r}")
 
 
-def _build(cls: type[T], values: dict[str, Any], prefix: str, source: str) -> T:
+def build_from_dict(cls: type[T], values: dict[str, Any], prefix: str, source: str) -> T:
+    """`cls` from a plain mapping, every key checked and every value coerced; errors name
+    `prefix`.key and `source` (e.g. the file the mapping was read from)."""
     hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(fields))
@@ -257,7 +259,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         path_parts, value = parse_override(text)
         _set_path(tree, path_parts, value, cls, text)
         source = f"{source} + command line"
-    return _build(cls, tree, "", source)
+    return build_from_dict(cls, tree, "", source)
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:

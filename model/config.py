@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from seq2vae.config import ConfigError, doc
+from seq2vae.config import ConfigError, build_from_dict, doc
 
 Pooling = Literal["mean", "max", "first", "attention"]
 Injection = Literal["memory", "embedding", "both"]
@@ -42,6 +42,4 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "vae_config.json") -> "VAEConfig":
-        from seq2vae.config import _build  # the shared validating builder
-
-        return _build(cls, values, "model", source)
+        return build_from_dict(cls, values, "model", source)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from seq2vae.config import ConfigError, parse_override, read_yaml_mapping
 
 TRAINER_MODULE = "seq2vae.train"
