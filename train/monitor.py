@@ -2,7 +2,8 @@
 
 Other ranks get a monitor that does nothing, so the trainer calls it unconditionally. On resume the
 TensorBoard run is reopened with `purge_step`, which hides events the interrupted run wrote after the
-checkpoint, and metrics.jsonl is cut back to the checkpoint's step the same way.
+checkpoint, and the JSON-lines records (metrics.jsonl, validation.jsonl) are cut back to the
+checkpoint's step the same way.
 """
 
 from __future__ import annotations
@@ -15,30 +16,36 @@ import torch
 from tqdm import tqdm
 
 
+# JSON-lines records in the run directory, one line per logged step.
+RECORDS = ("metrics.jsonl", "validation.jsonl")
+
+
 class Monitor:
     """Rank 0's writer. `start_step` is the step already done (0, or the resumed checkpoint's)."""
 
     def __init__(self, run_dir: Path, start_step: int, total_steps: int, progress_bar: bool):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.metrics_path = run_dir / "metrics.jsonl"
-        self._truncate_metrics(start_step)
+        self.run_dir = run_dir
+        for record in RECORDS:
+            self._truncate(run_dir / record, start_step)
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True) if progress_bar else None
 
-    def _truncate_metrics(self, start_step: int) -> None:
-        if not self.metrics_path.exists():
+    @staticmethod
+    def _truncate(path: Path, start_step: int) -> None:
+        if not path.exists():
             return
-        kept = [line for line in self.metrics_path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+        path.write_text("".join(line + "\n" for line in kept))
 
-    def scalars(self, step: int, values: dict[str, float], record: bool = True) -> None:
-        """Writes tagged scalars ("train/loss", ...) to TensorBoard and, if `record`, one JSON line."""
+    def scalars(self, step: int, values: dict[str, float], record: str = "metrics.jsonl") -> None:
+        """Writes tagged scalars ("train/loss", ...) to TensorBoard and one JSON line to RUN_DIR/`record`."""
+        assert record in RECORDS, record
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
-        if record:
-            with self.metrics_path.open("a") as stream:
-                stream.write(json.dumps({"step": step, **values}) + "\n")
+        with (self.run_dir / record).open("a") as stream:
+            stream.write(json.dumps({"step": step, **values}) + "\n")
 
     def histogram(self, step: int, tag: str, values: torch.Tensor) -> None:
         self.writer.add_histogram(tag, values.detach().float().cpu(), step)

@@ -10,7 +10,6 @@ Every rank runs the same sequence of collectives: the decisions that could diffe
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import random
 import resource
@@ -29,6 +28,7 @@ from seq2vae.data.noising import apply_noise, mask_token_id_for
 from seq2vae.data.stream import build_loader, check_tokenizer, read_split
 from seq2vae.evaluation.distributed import any_rank
 from seq2vae.evaluation.harness import validate
+from seq2vae.evaluation.metrics import active_units
 from seq2vae.model.objective import vae_loss
 from seq2vae.train.checkpoint import (
     capture_rng,
@@ -45,9 +45,6 @@ from seq2vae.train.freezing import set_frozen
 from seq2vae.train.monitor import make_monitor
 from seq2vae.train.schedules import beta_at, lr_at
 from seq2vae.train.signals import REQUEUE_EXIT_CODE, StopRequest
-
-ACTIVE_UNIT_DELTA = 0.01  # Var_x[mu_d] threshold of an active unit (He et al. 2019)
-
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a non-finite loss on some rank."""
@@ -290,8 +287,8 @@ class Trainer:
             return
         averaged = self._mean_over_ranks(per_step)
         averaged["train/lr"], averaged["train/skipped_steps"] = lr, float(self.skips.total)
-        variance = result.mu.var(0, unbiased=True) if result.mu.shape[0] > 1 else torch.zeros_like(result.kl_per_dim)
-        averaged["latent/active_units"] = float((variance > ACTIVE_UNIT_DELTA).sum())
+        # This rank's last micro-batch: a cheap trend; validation reports AU over the whole held-out set.
+        averaged["latent/active_units"] = float(active_units(result.mu).count) if result.mu.shape[0] > 1 else 0.0
         averaged.update(self._memory())
         self.monitor.scalars(step, averaged)
         self.monitor.histogram(step, "latent/kl_per_dim", result.kl_per_dim)
@@ -335,10 +332,7 @@ class Trainer:
             mi_mini_batch_size=settings.mi_mini_batch_size,
         )
         scalars = {f"eval/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.monitor.scalars(self.step, scalars, record=False)
-        if self.world.is_main:
-            with (self.run_dir / "validation.jsonl").open("a") as stream:
-                stream.write(json.dumps({"step": self.step, **scalars}) + "\n")
+        self.monitor.scalars(self.step, scalars, record="validation.jsonl")
         pairs = metrics.get("reconstructions") or []
         if pairs:
             table = "\n".join(f"| {p['input']} | {p['reconstruction']} |" for p in pairs)

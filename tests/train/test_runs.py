@@ -78,6 +78,9 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(stage_runs, launch):
     assert [m["step"] for m in got] == list(range(1, TOTAL_STEPS + 1))
     for key in ("train/loss", "train/recon", "train/kl", "train/beta", "train/lr", "train/grad_norm"):
         assert [m[key] for m in got] == [m[key] for m in expected], key
+    validated = [(full / "validation.jsonl"), (resumed / "validation.jsonl")]
+    expected_steps, got_steps = ([json.loads(line)["step"] for line in path.read_text().splitlines()] for path in validated)
+    assert got_steps == expected_steps and expected_steps, (got_steps, expected_steps)
 
 
 def test_frozen_decoder_is_bit_identical_and_its_adam_state_untouched(stage_runs):
