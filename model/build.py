@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from seq2vae.config import ConfigError
 from seq2vae.model.config import VAEConfig
@@ -12,17 +12,28 @@ from seq2vae.model.debug import DEBUG_BACKBONES, debug_backbone_config
 from seq2vae.model.vae import Seq2SeqVAE
 
 
-def build_vae(config: VAEConfig) -> Seq2SeqVAE:
+def _tokenizer(config: VAEConfig):
+    if config.backbone in DEBUG_BACKBONES and config.tokenizer is None:
+        raise ConfigError(f"model.tokenizer is required with model.backbone={config.backbone!r}")
+    return AutoTokenizer.from_pretrained(config.tokenizer or config.backbone)
+
+
+def backbone_config(config: VAEConfig, tokenizer=None) -> PretrainedConfig:
+    """The backbone's architecture alone (no weights): the debug flavour's, or the pretrained model's config."""
+    if config.backbone in DEBUG_BACKBONES:
+        return debug_backbone_config(config.backbone.removeprefix("debug-"), tokenizer or _tokenizer(config))
+    return AutoConfig.from_pretrained(config.backbone)
+
+
+def build_vae(config: VAEConfig, pretrained_weights: bool = True) -> Seq2SeqVAE:
     """Pretrained weights via `from_pretrained(config.backbone)`, or a tiny random debug backbone.
 
-    Under ZeRO-3 call this inside `deepspeed.zero.Init` (with a live `HfDeepSpeedConfig`) so the
-    backbone is partitioned as it loads.
+    `pretrained_weights=False` builds the same architecture randomly initialised, without reading
+    weights (e.g. to load a checkpoint's state dict into). Under ZeRO-3 call this inside
+    `deepspeed.zero.Init` (with a live `HfDeepSpeedConfig`) so the backbone is partitioned as it loads.
     """
-    if config.backbone in DEBUG_BACKBONES:
-        if config.tokenizer is None:
-            raise ConfigError(f"model.tokenizer is required with model.backbone={config.backbone!r}")
-        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer)
-        kind = config.backbone.removeprefix("debug-")
-        return Seq2SeqVAE.from_config(debug_backbone_config(kind, tokenizer), tokenizer=tokenizer, config=config)
-    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    return Seq2SeqVAE.from_backbone(settings.pop("backbone"), **settings)
+    if pretrained_weights and config.backbone not in DEBUG_BACKBONES:
+        settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        return Seq2SeqVAE.from_backbone(settings.pop("backbone"), **settings)
+    tokenizer = _tokenizer(config)
+    return Seq2SeqVAE.from_config(backbone_config(config, tokenizer), tokenizer=tokenizer, config=config)

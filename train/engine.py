@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from seq2vae.model import Seq2SeqVAE, VAEConfig, build_vae
+from seq2vae.model.build import backbone_config
 from seq2vae.train.config import TrainConfig, gradient_accumulation_steps
 from seq2vae.train.distributed import World
 from seq2vae.train.ds_config import load_ds_template, resolve_ds_config
@@ -36,16 +37,7 @@ class Engine:
 
 def backbone_width(model: VAEConfig) -> int:
     """d_model of the backbone, read from its config only (no weights), to size DeepSpeed's buckets."""
-    from seq2vae.model.debug import DEBUG_BACKBONES, debug_backbone_config
-
-    if model.backbone in DEBUG_BACKBONES:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model.tokenizer)
-        return debug_backbone_config(model.backbone.removeprefix("debug-"), tokenizer).d_model
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(model.backbone).d_model
+    return backbone_config(model).d_model
 
 
 def resolved_ds_config(config: TrainConfig, world_size: int, d_model: int) -> dict[str, Any]:

@@ -13,21 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from seq2vae.model import Seq2SeqVAE, VAEConfig
+from seq2vae.model import build_vae
 from seq2vae.train.checkpoint import latest_checkpoint
-
-
-def _skeleton_vae(model: VAEConfig) -> Seq2SeqVAE:
-    """The run's VAE architecture with its tokenizer, randomly initialised (no pretrained download)."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from seq2vae.model import build_vae
-    from seq2vae.model.debug import DEBUG_BACKBONES
-
-    if model.backbone in DEBUG_BACKBONES:
-        return build_vae(model)
-    tokenizer = AutoTokenizer.from_pretrained(model.tokenizer or model.backbone)
-    return Seq2SeqVAE.from_config(AutoConfig.from_pretrained(model.backbone), tokenizer=tokenizer, config=model)
 
 
 def export_run(run_dir: str | Path, output_dir: str | Path, checkpoint: str | None = None) -> Path:
@@ -60,7 +47,7 @@ def export_run(run_dir: str | Path, output_dir: str | Path, checkpoint: str | No
             available = ", ".join(sorted(p.name for p in checkpoints_dir.glob("step_*"))) or "none"
             raise FileNotFoundError(f"checkpoint {checkpoint!r} not found in {checkpoints_dir}; available: {available}")
     state_dict = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints_dir), tag=path.name)
-    vae = _skeleton_vae(config.model).float()
+    vae = build_vae(config.model, pretrained_weights=False).float()  # no pretrained download
     missing, unexpected = vae.load_state_dict(state_dict, strict=False)
     # Tied weights (T5's encoder/decoder embed_tokens are `shared`) are stored once; anything else missing is a bug.
     tied = {name for name, _ in vae.named_parameters(remove_duplicate=False)} - {name for name, _ in vae.named_parameters()}
