@@ -149,7 +149,7 @@ def zero3_worker(tokenizer_dir: str, d_model: int, layers: int, precision: str, 
 
     from seq2vae.model import vae_loss
     from seq2vae.train.config import OptimConfig
-    from seq2vae.train.distributed import init_world
+    from seq2vae.train.distributed import init_world, shutdown_world
     from seq2vae.train.ds_config import load_ds_template, resolve_ds_config
 
     world = init_world(600)
@@ -176,6 +176,7 @@ def zero3_worker(tokenizer_dir: str, d_model: int, layers: int, precision: str, 
     record = {"rank": world.rank, "params_bytes": params, "fp32_master_bytes": masters, "optimizer_bytes": state,
               "total_bytes": params + masters + state}
     Path(out).with_suffix(f".rank{world.rank}.json").write_text(json.dumps(record))
+    shutdown_world()
 
 
 def zero3_memory(tokenizer_dir: Path, d_model: int, layers: int, precision: str, workdir: Path) -> list[dict]:

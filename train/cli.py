@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"seq2vae train: {error}", file=sys.stderr)
         return 2
+    from seq2vae.train.distributed import shutdown_world
     from seq2vae.train.signals import REQUEUE_EXIT_CODE
     from seq2vae.train.trainer import run
 
@@ -54,4 +55,5 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(REQUEUE_EXIT_CODE)
+    shutdown_world()
     return int(summary["exit_code"])

@@ -46,7 +46,7 @@ def init_world(timeout_s: int) -> World:
 
     Without torchrun's variables it starts a world of one on a free loopback port. The group is
     never torn down by the trainer: DeepSpeed caches it, so a second `trainer.run` in the same
-    process (the quickstart's) reuses it.
+    process reuses it; the process's entry point calls `shutdown_world` at the end.
     """
     import deepspeed
     import torch.distributed as dist
@@ -67,6 +67,19 @@ def init_world(timeout_s: int) -> World:
             dist_backend="gloo" if cpu else "nccl", timeout=timedelta(seconds=timeout_s), verbose=False
         )
     return World(rank=dist.get_rank(), local_rank=local_rank, size=dist.get_world_size(), device=device)
+
+
+def shutdown_world() -> None:
+    """Destroys the process group: call once, when a process's last `trainer.run` has returned normally.
+
+    A gloo group left up at interpreter exit can abort the process (SIGABRT, "terminate called without
+    an active exception") after its work is done, turning a finished run into a failed job; NCCL warns
+    of leaked communicators. Not called on errors: a rank that fails exits and torchrun stops the rest.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

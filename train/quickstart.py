@@ -97,6 +97,7 @@ def main(argv: list[str]) -> int:
 
     from seq2vae.evaluation import cli as evaluation_cli
     from seq2vae.train.config import load_train_config
+    from seq2vae.train.distributed import shutdown_world
     from seq2vae.train.export import export_run
     from seq2vae.train.trainer import run
 
@@ -107,6 +108,7 @@ def main(argv: list[str]) -> int:
          f"model.tokenizer={tokenizer}", f"seed={args.seed}", *args.overrides],
     )
     summary = run(config)
+    shutdown_world()  # the evaluation below runs in a world of one, without a process group
     if summary["status"] != "completed":
         log.warning("training %s at step %d; run the same command again to resume", summary["status"], summary["final_step"])
         return summary["exit_code"]
