@@ -21,7 +21,9 @@ def _tokenizer(config: VAEConfig):
 def backbone_config(config: VAEConfig, tokenizer=None) -> PretrainedConfig:
     """The backbone's architecture alone (no weights): the debug flavour's, or the pretrained model's config."""
     if config.backbone in DEBUG_BACKBONES:
-        return debug_backbone_config(config.backbone.removeprefix("debug-"), tokenizer or _tokenizer(config))
+        if tokenizer is None:  # not `or`: a tokenizer's truth value is its vocabulary size
+            tokenizer = _tokenizer(config)
+        return debug_backbone_config(config.backbone.removeprefix("debug-"), tokenizer)
     return AutoConfig.from_pretrained(config.backbone)
 
 

@@ -1,7 +1,5 @@
 """A torchrun worker for test_distributed: joins the world as the trainer does, runs the gathers the
-trainer's logging runs, and leaves through `shutdown_world` (argv[1] == "shutdown") or without it."""
-
-import sys
+trainer's logging runs, and leaves through `shutdown_world` as the entry points do."""
 
 import torch
 import torch.distributed as dist
@@ -14,6 +12,5 @@ dist.all_reduce(value)
 gathered = [torch.zeros(3) for _ in range(world.size)]
 dist.all_gather(gathered, value)
 assert [g.tolist() for g in gathered] == [[1.0] * 3] * world.size
-if sys.argv[1] == "shutdown":
-    shutdown_world()
-    assert not dist.is_initialized()
+shutdown_world()
+assert not dist.is_initialized()
