@@ -1,3 +1,3 @@
-from seq2vae.cli import main
+from .cli import main
 
 raise SystemExit(main())

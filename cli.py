@@ -10,13 +10,13 @@ import sys
 
 # name -> (module, function, one-line help). Each function takes the remaining argv.
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
-    "shard": ("seq2vae.data.cli", "main", "tokenise a corpus into webdataset shards"),
-    "train": ("seq2vae.train.cli", "main", "two-phase VAE finetuning (also: torchrun -m seq2vae.train)"),
-    "eval": ("seq2vae.evaluation.cli", "main", "evaluation harness: NLL, KL, IW-NLL, PPL, MI, AU, probes"),
-    "slurm": ("seq2vae.slurm.cli", "main", "render or submit SLURM jobs from a training config"),
-    "quickstart": ("seq2vae.train.quickstart", "main", "synthetic corpus -> shards -> train -> eval, on CPU"),
-    "export": ("seq2vae.train.export", "main", "write a save_pretrained directory from a run's checkpoint"),
-    "generate": ("seq2vae.model.cli", "main", "reconstruct, sample and interpolate with a trained model"),
+    "shard": (".data.cli", "main", "tokenise a corpus into webdataset shards"),
+    "train": (".train.cli", "main", "two-phase VAE finetuning (also: torchrun -m seq2vae.train)"),
+    "eval": (".evaluation.cli", "main", "evaluation harness: NLL, KL, IW-NLL, PPL, MI, AU, probes"),
+    "slurm": (".slurm.cli", "main", "render or submit SLURM jobs from a training config"),
+    "quickstart": (".train.quickstart", "main", "synthetic corpus -> shards -> train -> eval, on CPU"),
+    "export": (".train.export", "main", "write a save_pretrained directory from a run's checkpoint"),
+    "generate": (".model.cli", "main", "reconstruct, sample and interpolate with a trained model"),
 }
 
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     if argv[0] == "--version":
-        from seq2vae import __version__
+        from . import __version__
 
         print(__version__)
         return 0
@@ -43,5 +43,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seq2vae: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module_name, function_name, _ = SUBCOMMANDS[name]
-    function = getattr(importlib.import_module(module_name), function_name)
+    function = getattr(importlib.import_module(module_name, __package__), function_name)
     return int(function(rest) or 0)

@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 
-from seq2vae.data.shards import MetaError, write_shards
-from seq2vae.data.sources import InputError
+from .shards import MetaError, write_shards
+from .sources import InputError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from seq2vae.data.sources import InputError, InputFormat, InputStats, Record, detect_format, read_records
+from .sources import InputError, InputFormat, InputStats, Record, detect_format, read_records
 
 logger = logging.getLogger(__name__)
 

@@ -57,8 +57,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from seq2vae.data.collate import collate_numpy
-from seq2vae.data.shards import META_FILENAME, MetaError, decode_ids, decode_sample, load_meta, split_shards
+from .collate import collate_numpy
+from .shards import META_FILENAME, MetaError, decode_ids, decode_sample, load_meta, split_shards
 
 logger = logging.getLogger(__name__)
 
@@ -590,7 +590,7 @@ def check_tokenizer(meta: dict[str, Any] | str | os.PathLike, tokenizer) -> None
         meta: a dict from `load_meta`, or a shard source to load it from.
         tokenizer: a Hugging Face tokenizer, or a name/path loaded with `AutoTokenizer.from_pretrained`.
     """
-    from seq2vae.data.shards import tokenizer_info
+    from .shards import tokenizer_info
 
     if not isinstance(meta, dict):
         meta = load_source_meta(meta)

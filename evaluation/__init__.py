@@ -5,7 +5,7 @@ The metric functions need no model; `seq2vae.evaluation.harness` feeds a Seq2Seq
 imports DeepSpeed.
 """
 
-from seq2vae.evaluation.metrics import (
+from .metrics import (
     ActiveUnits,
     MutualInformation,
     active_units,
@@ -19,8 +19,8 @@ from seq2vae.evaluation.metrics import (
     mutual_information,
     perplexity,
 )
-from seq2vae.evaluation.probe import ProbeResult, linear_probe
-from seq2vae.evaluation.reconstruction import corpus_bleu, exact_match, token_accuracy
+from .probe import ProbeResult, linear_probe
+from .reconstruction import corpus_bleu, exact_match, token_accuracy
 
 __all__ = [
     "ActiveUnits",

@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from seq2vae.data.stream import ShardError
-from seq2vae.evaluation.data import EvalDataError, load_samples
-from seq2vae.evaluation.distributed import any_rank
-from seq2vae.evaluation.harness import CONVENTIONS, EvalConfig, evaluate
-from seq2vae.evaluation.report import format_comparison, format_table
+from ..data.stream import ShardError
+from .data import EvalDataError, load_samples
+from .distributed import any_rank
+from .harness import CONVENTIONS, EvalConfig, evaluate
+from .report import format_comparison, format_table
 
 logger = logging.getLogger("seq2vae.eval")
 
@@ -179,7 +179,7 @@ def _loaded_model(path: Path, device: torch.device):
     `seq2vae export` writes too; the run directory is on storage every rank shares), then loaded
     by every rank. An export that fails on rank 0 fails every rank instead of leaving them waiting.
     """
-    from seq2vae.model import Seq2SeqVAE
+    from ..model import Seq2SeqVAE
 
     if (path / "vae_config.json").is_file():
         yield Seq2SeqVAE.from_pretrained(path), "pretrained"
@@ -189,8 +189,8 @@ def _loaded_model(path: Path, device: torch.device):
             f"--model {path}: neither a saved model (no vae_config.json) nor a training run directory "
             "(no config.yaml + checkpoints/)"
         )
-    from seq2vae.train.checkpoint import latest_checkpoint
-    from seq2vae.train.export import export_run
+    from ..train.checkpoint import latest_checkpoint
+    from ..train.export import export_run
 
     checkpoint = latest_checkpoint(path / "checkpoints")
     if checkpoint is None:
@@ -211,7 +211,7 @@ def _versions() -> dict[str, str]:
     import numpy
     import transformers
 
-    from seq2vae import __version__
+    from .. import __version__
 
     return {
         "seq2vae": __version__,

@@ -56,7 +56,7 @@ def load_samples(
 
 
 def _load_shards(path: Path, split: str, max_sentences: int | None, tokenizer) -> tuple[list[dict], dict]:
-    from seq2vae.data.stream import check_tokenizer, read_split
+    from ..data.stream import check_tokenizer, read_split
 
     if tokenizer is not None:
         check_tokenizer(str(path), tokenizer)  # ids from another vocabulary would be scored silently
@@ -75,7 +75,7 @@ def _load_shards(path: Path, split: str, max_sentences: int | None, tokenizer) -
 
 
 def _load_text(path: Path, tokenizer, max_sentences, max_length, text_field) -> tuple[list[dict], dict]:
-    from seq2vae.data.sources import InputStats, detect_format, read_records
+    from ..data.sources import InputStats, detect_format, read_records
 
     kind = detect_format(str(path))
     stats = InputStats()

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from seq2vae.config import doc
-from seq2vae.data.collate import collate
-from seq2vae.evaluation.distributed import (
+from ..config import doc
+from ..data.collate import collate
+from .distributed import (
     all_ranks,
     any_rank,
     collective_device,
@@ -37,7 +37,7 @@ from seq2vae.evaluation.distributed import (
     plan_rounds,
     rank_and_world,
 )
-from seq2vae.evaluation.metrics import (
+from .metrics import (
     active_units,
     count_predicted_tokens,
     count_words,
@@ -49,8 +49,8 @@ from seq2vae.evaluation.metrics import (
     mutual_information,
     perplexity,
 )
-from seq2vae.evaluation.probe import discrete_factors, encode_labels, linear_probe
-from seq2vae.evaluation.reconstruction import corpus_bleu, exact_match, token_accuracy
+from .probe import discrete_factors, encode_labels, linear_probe
+from .reconstruction import corpus_bleu, exact_match, token_accuracy
 
 logger = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ import dataclasses
 
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
-from seq2vae.config import ConfigError
-from seq2vae.model.config import VAEConfig
-from seq2vae.model.debug import DEBUG_BACKBONES, debug_backbone_config
-from seq2vae.model.vae import Seq2SeqVAE
+from ..config import ConfigError
+from .config import VAEConfig
+from .debug import DEBUG_BACKBONES, debug_backbone_config
+from .vae import Seq2SeqVAE
 
 
 def _tokenizer(config: VAEConfig):

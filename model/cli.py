@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if not (args.reconstruct or args.sample or args.interpolate):
         build_parser().error("nothing to do: give --reconstruct, --sample and/or --interpolate")
-    from seq2vae.model import Seq2SeqVAE
+    from . import Seq2SeqVAE
 
     torch.manual_seed(args.seed)
     vae = Seq2SeqVAE.from_pretrained(args.model).eval()

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from seq2vae.config import ConfigError, build_from_dict, doc
+from ..config import ConfigError, build_from_dict, doc
 
 Pooling = Literal["mean", "max", "first", "attention"]
 Injection = Literal["memory", "embedding", "both"]

@@ -31,9 +31,9 @@ from torch import nn
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from seq2vae.model.config import VAEConfig
-from seq2vae.model.objective import gaussian_kl_per_dim
-from seq2vae.model.pooling import Pooler
+from .config import VAEConfig
+from .objective import gaussian_kl_per_dim
+from .pooling import Pooler
 
 FORMAT_VERSION = 1
 BACKBONE_SUBDIR = "backbone"

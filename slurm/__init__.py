@@ -5,8 +5,8 @@ wraps it for the command line. Templates: `templates/{train,sweep,eval}.sbatch` 
 `templates/_launch.sbatch` (rendezvous, preemption forwarding, requeue).
 """
 
-from seq2vae.slurm.options import JobOptions, Layout, resolve_layout
-from seq2vae.slurm.render import RenderedJob, render_job
-from seq2vae.slurm.sweep import read_sweep_table
+from .options import JobOptions, Layout, resolve_layout
+from .render import RenderedJob, render_job
+from .sweep import read_sweep_table
 
 __all__ = ["JobOptions", "Layout", "RenderedJob", "read_sweep_table", "render_job", "resolve_layout"]

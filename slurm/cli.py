@@ -16,10 +16,10 @@ import typing
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-from seq2vae.config import ConfigError
-from seq2vae.slurm.cluster import submit
-from seq2vae.slurm.options import JobOptions
-from seq2vae.slurm.render import JOB_KINDS, RenderedJob, render_job
+from ..config import ConfigError
+from .cluster import submit
+from .options import JobOptions
+from .render import JOB_KINDS, RenderedJob, render_job
 
 # Repeatable list options get singular flag names.
 _FLAG_NAMES = {"sbatch_lines": "--sbatch-line", "setup_lines": "--setup"}

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from seq2vae.config import ConfigError
+from ..config import ConfigError
 
 
 def check_partition_has_gpus(partition: str | None) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from seq2vae.config import ConfigError, doc
+from ..config import ConfigError, doc
 
 @dataclass
 class JobOptions:

@@ -14,11 +14,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from seq2vae.config import ConfigError
-from seq2vae.slurm.cluster import check_partition_has_gpus
-from seq2vae.slurm.options import JobOptions, Layout, resolve_layout
-from seq2vae.slurm.run_config import TRAINER_MODULE, check_config_file, read_run_facts
-from seq2vae.slurm.sweep import read_sweep_table
+from ..config import ConfigError
+from .cluster import check_partition_has_gpus
+from .options import JobOptions, Layout, resolve_layout
+from .run_config import TRAINER_MODULE, check_config_file, read_run_facts
+from .sweep import read_sweep_table
 
 JobKind = Literal["train", "eval", "sweep"]
 JOB_KINDS: tuple[str, ...] = ("train", "eval", "sweep")

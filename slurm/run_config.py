@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seq2vae.config import ConfigError, parse_override, read_yaml_mapping
+from ..config import ConfigError, parse_override, read_yaml_mapping
 
 TRAINER_MODULE = "seq2vae.train"
 
@@ -42,7 +42,7 @@ def read_run_facts(config_path: Path, overrides: list[str], module: str, world_s
     Raises ConfigError naming the key (and the file) on a bad config or a batch that does not divide.
     """
     if module == TRAINER_MODULE:
-        from seq2vae.train.config import load_train_config
+        from ..train.config import load_train_config
 
         config = load_train_config(config_path, overrides)
         data = config.data
@@ -65,7 +65,7 @@ def read_run_facts(config_path: Path, overrides: list[str], module: str, world_s
 def check_global_batch(facts: RunFacts, world_size: int, source: str) -> None:
     """global = micro x accumulation x world size with an integral accumulation (the trainer's own
     rule, `gradient_accumulation_steps`), else ConfigError naming the file and the key."""
-    from seq2vae.train.config import DataConfig, gradient_accumulation_steps
+    from ..train.config import DataConfig, gradient_accumulation_steps
 
     if facts.global_batch_size is None or facts.micro_batch_size is None:
         return

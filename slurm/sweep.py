@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seq2vae.config import ConfigError
+from ..config import ConfigError
 
 
 def read_sweep_table(path: str | Path) -> list[list[str]]:

@@ -1,5 +1,5 @@
 """`python -m seq2vae.train` / `torchrun ... -m seq2vae.train`: see seq2vae.train.cli."""
 
-from seq2vae.train.cli import main
+from .cli import main
 
 raise SystemExit(main())

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from seq2vae.evaluation.distributed import gather_objects
-from seq2vae.train.distributed import World, barrier
+from ..evaluation.distributed import gather_objects
+from .distributed import World, barrier
 
 LATEST_FILE = "latest"
 TAG_PREFIX = "step_"

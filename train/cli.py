@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from seq2vae.config import ConfigError
+from ..config import ConfigError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -29,10 +29,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    from seq2vae.train.config import PhaseConfig, TrainConfig, load_train_config
+    from .config import PhaseConfig, TrainConfig, load_train_config
 
     if args.help_config:
-        from seq2vae.config import describe
+        from ..config import describe
 
         print(describe(TrainConfig))
         print(describe(PhaseConfig, "phases.N."))
@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"seq2vae train: {error}", file=sys.stderr)
         return 2
-    from seq2vae.train.distributed import shutdown_world
-    from seq2vae.train.signals import REQUEUE_EXIT_CODE
-    from seq2vae.train.trainer import run
+    from .distributed import shutdown_world
+    from .signals import REQUEUE_EXIT_CODE
+    from .trainer import run
 
     summary = run(config)
     if summary["exit_code"] == REQUEUE_EXIT_CODE:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from seq2vae.config import ConfigError, doc, load_config
-from seq2vae.model.config import VAEConfig
+from ..config import ConfigError, doc, load_config
+from ..model.config import VAEConfig
 
 # The names `Seq2SeqVAE.parameter_groups()` returns; a phase freezes any subset of them.
 PARAMETER_GROUP_NAMES = ("embeddings", "encoder", "decoder", "posterior", "latent")

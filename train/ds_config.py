@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from seq2vae.train.config import OptimConfig
+from .config import OptimConfig
 
 PACKAGED_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 
-from seq2vae.model import Seq2SeqVAE, VAEConfig, build_vae
-from seq2vae.model.build import backbone_config
-from seq2vae.train.config import TrainConfig, gradient_accumulation_steps
-from seq2vae.train.distributed import World
-from seq2vae.train.ds_config import load_ds_template, resolve_ds_config
-from seq2vae.train.freezing import optimizer_param_groups, skip_frozen_groups
+from ..model import Seq2SeqVAE, VAEConfig, build_vae
+from ..model.build import backbone_config
+from .config import TrainConfig, gradient_accumulation_steps
+from .distributed import World
+from .ds_config import load_ds_template, resolve_ds_config
+from .freezing import optimizer_param_groups, skip_frozen_groups
 
 
 @dataclass

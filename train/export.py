@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from seq2vae.model import build_vae
-from seq2vae.train.checkpoint import latest_checkpoint
+from ..model import build_vae
+from .checkpoint import latest_checkpoint
 
 
 def export_run(run_dir: str | Path, output_dir: str | Path, checkpoint: str | None = None) -> Path:
@@ -29,7 +29,7 @@ def export_run(run_dir: str | Path, output_dir: str | Path, checkpoint: str | No
     """
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from seq2vae.train.config import load_train_config
+    from .config import load_train_config
 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"

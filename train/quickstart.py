@@ -13,7 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from seq2vae.model.debug import DEBUG_BACKBONES
+from ..model.debug import DEBUG_BACKBONES
 
 log = logging.getLogger("seq2vae.quickstart")
 
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def prepare_corpus(output: Path, sentences: int, seed: int) -> Path:
-    from seq2vae.data.synthetic import write_jsonl
+    from ..data.synthetic import write_jsonl
 
     corpus = output / "corpus.jsonl"
     if corpus.is_file():
@@ -58,7 +58,7 @@ def prepare_tokenizer(output: Path, corpus: Path, backbone: str, vocab_size: int
         return backbone
     import json
 
-    from seq2vae.data.tokenizer import train_tokenizer
+    from ..data.tokenizer import train_tokenizer
 
     directory = output / "tokenizer"
     if (directory / "tokenizer.json").is_file():
@@ -71,7 +71,7 @@ def prepare_tokenizer(output: Path, corpus: Path, backbone: str, vocab_size: int
 
 
 def prepare_shards(output: Path, corpus: Path, tokenizer: str, valid_fraction: float, seed: int) -> Path:
-    from seq2vae.data.shards import write_shards
+    from ..data.shards import write_shards
 
     directory = output / "shards"
     if (directory / "meta.json").is_file():
@@ -95,11 +95,11 @@ def main(argv: list[str]) -> int:
     tokenizer = prepare_tokenizer(output, corpus, args.backbone, args.vocab_size)
     shards = prepare_shards(output, corpus, tokenizer, args.valid_fraction, args.seed)
 
-    from seq2vae.evaluation import cli as evaluation_cli
-    from seq2vae.train.config import load_train_config
-    from seq2vae.train.distributed import shutdown_world
-    from seq2vae.train.export import export_run
-    from seq2vae.train.trainer import run
+    from ..evaluation import cli as evaluation_cli
+    from .config import load_train_config
+    from .distributed import shutdown_world
+    from .export import export_run
+    from .trainer import run
 
     run_dir = output / "run"
     config = load_train_config(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from seq2vae.train.config import BetaSchedule, OptimConfig
+from .config import BetaSchedule, OptimConfig
 
 
 def _ramp(start: float, end: float, progress: float) -> float:

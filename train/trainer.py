@@ -22,15 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from seq2vae.config import save_config
-from seq2vae.data.collate import collate
-from seq2vae.data.noising import apply_noise, mask_token_id_for
-from seq2vae.data.stream import build_loader, check_tokenizer, read_split
-from seq2vae.evaluation.distributed import any_rank
-from seq2vae.evaluation.harness import validate
-from seq2vae.evaluation.metrics import active_units
-from seq2vae.model.objective import vae_loss
-from seq2vae.train.checkpoint import (
+from ..config import save_config
+from ..data.collate import collate
+from ..data.noising import apply_noise, mask_token_id_for
+from ..data.stream import build_loader, check_tokenizer, read_split
+from ..evaluation.distributed import any_rank
+from ..evaluation.harness import validate
+from ..evaluation.metrics import active_units
+from ..model.objective import vae_loss
+from .checkpoint import (
     capture_rng,
     checkpoint_tag,
     load_checkpoint,
@@ -38,13 +38,13 @@ from seq2vae.train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from seq2vae.train.config import PhaseConfig, TrainConfig, gradient_accumulation_steps, validate_train_config
-from seq2vae.train.distributed import World, barrier, init_world
-from seq2vae.train.engine import build_engine, set_learning_rate
-from seq2vae.train.freezing import set_frozen
-from seq2vae.train.monitor import make_monitor
-from seq2vae.train.schedules import beta_at, lr_at
-from seq2vae.train.signals import REQUEUE_EXIT_CODE, StopRequest
+from .config import PhaseConfig, TrainConfig, gradient_accumulation_steps, validate_train_config
+from .distributed import World, barrier, init_world
+from .engine import build_engine, set_learning_rate
+from .freezing import set_frozen
+from .monitor import make_monitor
+from .schedules import beta_at, lr_at
+from .signals import REQUEUE_EXIT_CODE, StopRequest
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a non-finite loss on some rank."""
