@@ -16,6 +16,15 @@ from collections.abc import Iterable
 import torch
 
 
+def protected_token_ids(tokenizer) -> tuple[int, ...]:
+    """Ids `apply_noise` must never touch: the tokenizer's BOS (BART's `<s>` opens every encoder input).
+
+    T5's tokenizers have no BOS, so nothing extra is protected there; EOS is always kept by position.
+    """
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return () if bos is None else (int(bos),)
+
+
 def mask_token_id_for(tokenizer) -> int:
     """The id used for masking: the tokenizer's mask token, else T5's `<extra_id_0>`, else `<unk>`."""
     if getattr(tokenizer, "mask_token_id", None) is not None:

@@ -15,7 +15,8 @@ Public API:
 pattern such as `/data/train-{000000..000099}.tar`, `::`-separated, `pipe:` or http URLs); the
 meta.json beside the first URL gives the per-shard sample counts. URLs must be shards listed there.
 
-How an epoch is laid out (FIELD_NOTES section 4). All ranks compute the same plan from meta.json:
+How an epoch is laid out. All ranks compute the same plan from meta.json (a rank with fewer samples
+than the others would stop early and hang the next collective, so the counts decide, not the reads):
 1. The split's shards are permuted with (seed, epoch) and concatenated into one sequence of N samples.
 2. Rank r takes the contiguous range [r*P, (r+1)*P) with P = batches_per_epoch * batch_size and
    batches_per_epoch = N // (world_size * batch_size); the last N - world_size*P samples (fewer than

@@ -73,7 +73,7 @@ class EvalConfig:
         "None: 1024 on GPU, 128 on CPU (where big batches are bound by memory traffic on the [B*K,T,V] logits)",
     )
     seed: int = doc(0, "seed of every random draw; sentence i's draws depend only on (seed, i)")
-    mi_mini_batch_size: int = doc(32, "M of the mini-batch MI variant (He et al. 2019); the dataset variant uses M = N")
+    mi_mini_batch_size: int = doc(32, "M of the mini-batch MI: equal-length groups of at most M sentences (He et al. 2019); the dataset variant uses M = N")
     active_unit_delta: float = doc(0.01, "a latent dimension is active when Var_x[mu_d] exceeds this")
     max_reconstructions: int | None = doc(None, "sentences decoded greedily from mu for reconstruction metrics (None: all)")
     num_examples: int = doc(5, "reconstructions shown in the report")
@@ -104,11 +104,14 @@ CONVENTIONS = {
     "neg_elbo": "recon_nll + kl",
     "iw_nll": "-[logsumexp_k (log p(x|z_k) + log p(z_k) - log q(z_k|x)) - log K], z_k ~ q(z|x)",
     "ppl_per_token": "exp(sum NLL / predicted target tokens incl. EOS); BART's predicted BOS counts",
-    "ppl_per_word": "exp(sum NLL / (whitespace words + 1 EOS per sentence)), as He et al. 2019",
+    "ppl_per_word": "exp(sum NLL / (whitespace words + 1 EOS per sentence)), as He et al. 2019; a truncated "
+    "sentence counts the words of its scored (kept) tokens; num_truncated says how many were",
     "mi_dataset": "I(x;z) with q(z) the mixture of all N evaluated posteriors (cap log N), as Optimus",
-    "mi_mini_batch": "I(x;z) with q(z) the mixture of consecutive groups of M posteriors (cap log M), as He et al. 2019",
+    "mi_mini_batch": "I(x;z) with q(z) the mixture of each mini-batch of at most M posteriors of equal target "
+    "length (He et al. 2019's length-bucketed batches, remainders included), averaged over sentences",
     "mi_estimator": "one z_i ~ q(z|x_i); log q(z_i|x_i) - log (1/M sum_j q(z_i|x_j)), averaged",
-    "active_units": "count of d with Var_x[mu_d(x)] > delta over the whole set, N-1 denominator",
+    "active_units": "count of d with Var_x[mu_d(x)] > delta over the whole set, N-1 denominator "
+    "(He et al. and Optimus test >= delta)",
     "reconstruction": "greedy decoding from z = mu; token accuracy position-wise over reference tokens incl. EOS; "
     "exact match on token ids; corpus BLEU-4 (no smoothing) on whitespace words of decoded text",
     "probes": "multinomial logistic regression on standardised mu (L-BFGS, L2 1e-3), held-out accuracy vs majority class",
@@ -249,7 +252,7 @@ def summarize(
 
     Args:
         stats: mu, logvar, z0 [N,Z]; recon_nll, kl, iw_log_px, num_tokens [N].
-        num_words: total whitespace words + EOS, or None when texts are unknown.
+        num_words: total whitespace words + EOS of what was scored, or None when texts are unknown.
         device: where the O(N^2 Z) dataset MI runs (a GPU makes N = 10^5 quick); CPU by default.
     Returns: (flat dict of scalar metrics, human-readable notes about collapse / undefined values).
     """
@@ -275,10 +278,10 @@ def summarize(
     }
     posteriors = [stats[key].to(device or "cpu") for key in ("mu", "logvar", "z0")]
     mi = mutual_information(*posteriors)
-    mini = mutual_information(*posteriors, mini_batch_size=mi_mini_batch_size)
+    mini = mutual_information(*posteriors, mini_batch_size=mi_mini_batch_size, lengths=stats["num_tokens"].cpu())
     metrics.update(
         {"mi_dataset": mi.nats, "mi_dataset_components": mi.num_components, "mi_mini_batch": mini.nats,
-         "mi_mini_batch_size": mini.num_components}
+         "mi_mini_batch_size": mini.num_components, "mi_mini_batch_aggregate": mini.aggregate}
     )
     if num_sentences < 2:
         metrics.update({"active_units": None, "mu_variance": None})
@@ -301,6 +304,32 @@ def summarize(
             "the IW bound and the ELBO then both measure the decoder alone"
         )
     return metrics, notes
+
+
+def scored_words(samples: list[dict], tokenizer) -> tuple[int | None, int | None]:
+    """Words + EOS of what the NLL covers, and how many sentences were truncated before scoring.
+
+    A sentence is truncated when its text tokenises (EOS appended, as the shard writer does) to more
+    ids than were stored; its words are then counted on the decoded kept ids, so the per-word
+    perplexity divides the NLL of the kept tokens by the words those tokens spell.
+    Returns (None, None) without texts or a tokenizer.
+    """
+    texts = [s.get("text") for s in samples]
+    if not all(texts) or tokenizer is None:
+        return None, None
+    eos = tokenizer.eos_token_id
+    num_words, num_truncated = 0, 0
+    for start in range(0, len(samples), 1024):
+        chunk = samples[start : start + 1024]
+        encoded = tokenizer([s["text"] for s in chunk], add_special_tokens=True)["input_ids"]
+        for sample, full in zip(chunk, encoded):
+            full_length = len(full) + (eos is not None and (not full or full[-1] != eos))
+            if full_length > len(sample["input_ids"]):
+                num_truncated += 1
+                num_words += count_words(tokenizer.decode(list(sample["input_ids"]), skip_special_tokens=True))
+            else:
+                num_words += count_words(sample["text"])
+    return num_words, num_truncated
 
 
 def _reconstruction_report(hypotheses: dict[int, list[int]], samples: list[dict], vae, num_examples: int) -> dict:
@@ -413,8 +442,7 @@ def evaluate(model, samples: list[dict], config: EvalConfig | None = None) -> di
     vae = unwrap(model)
     if not samples:
         raise ValueError("no sentences to evaluate: the input is empty (or every line was skipped)")
-    texts = [s.get("text") for s in samples]
-    num_words = sum(count_words(t) for t in texts) if all(texts) else None
+    num_words, num_truncated = scored_words(samples, getattr(vae, "tokenizer", None))
     with _inference(vae):
         stats, hypotheses = _score_all_sentences(vae, samples, config)
         metrics, notes = summarize(
@@ -424,8 +452,13 @@ def evaluate(model, samples: list[dict], config: EvalConfig | None = None) -> di
             num_words=num_words,
             device=_device_and_dtype(vae)[0],
         )
+        metrics["num_truncated"] = num_truncated
         if num_words is None:
-            notes.append("per-word perplexity omitted: some sentences have no text")
+            notes.append("per-word perplexity omitted: some sentences have no text, or the model has no tokenizer")
+        elif num_truncated:
+            notes.append(
+                f"{num_truncated} of {len(samples)} sentences were truncated: their per-word count covers the kept tokens only"
+            )
         prior_samples, interpolations = _prior_and_interpolations(vae, stats["mu"], samples, config)
     return {
         "metrics": metrics,

@@ -1,6 +1,6 @@
 """Latent-variable metrics on tensors: densities, KL, active units, mutual information, IW bound, perplexity.
 
-Pure functions, no model. Conventions (FIELD_NOTES section 1): q(z|x) = N(mu, diag(exp(logvar))), prior
+Pure functions, no model. Conventions (docs/CONVENTIONS.md): q(z|x) = N(mu, diag(exp(logvar))), prior
 N(0, I), all quantities in nats. Shape legend: N sentences, Z latent size, K importance samples,
 M components of the aggregate posterior.
 """
@@ -63,17 +63,37 @@ def active_units(mu: torch.Tensor, delta: float = 0.01) -> ActiveUnits:
 
 class MutualInformation(NamedTuple):
     nats: float
-    aggregate: str  # "dataset" (M = N) or "mini-batch" (M = mini_batch_size)
-    num_components: int  # M: posteriors in the mixture estimating q(z); the estimate is capped at log M
+    aggregate: str  # "dataset" (M = N), "mini-batch" (consecutive groups) or "mini-batch by length" (He et al.)
+    num_components: int  # M: the largest mixture estimating q(z); the estimate is capped at log M
 
 
-def _log_density_matrix(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log q(z_i | x_j) for all pairs, via matmuls so no [C, M, Z] tensor is built.
+# Float64 rounding of the expanded square, relative to the size of its terms, times a safety factor.
+_EXPANSION_ERROR = 8 * torch.finfo(torch.float64).eps
+# Largest error (nats) tolerated in one log-density before a chunk is recomputed from differences.
+_MAX_LOG_DENSITY_ERROR = 1e-6
 
-    z [C, Z], mu/logvar [M, Z] (float64) -> [C, M]. Expands sum_d (z_id - mu_jd)^2 / var_jd.
+
+def _log_density_matrix(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, chunk_elements: int) -> torch.Tensor:
+    """log q(z_i | x_j) for all pairs. z [C, Z], mu/logvar [M, Z] (float64) -> [C, M].
+
+    Fast path: expand sum_d (z_id - mu_jd)^2 / var_jd into three matmuls (no [C, M, Z] tensor). The
+    expansion subtracts terms of size (z^2 + mu^2) / var, so for sharp posteriors (|mu| ~ 10, logvar
+    ~ -30, as autoencoder phases leave them) float64 cancellation costs whole nats. When the worst
+    pair's rounding could exceed 1e-6 nats, the chunk is recomputed from the differences directly, in
+    pieces of at most `chunk_elements` [c, M, Z] elements (as He et al. and Optimus always do).
     """
     precision = torch.exp(-logvar)  # [M, Z]
     squared = z.pow(2) @ precision.T - 2.0 * z @ (mu * precision).T + (mu.pow(2) * precision).sum(-1)
+    # An upper bound on every term's magnitude: sum_d (|z_id| + |mu_jd|)^2 / var_jd.
+    magnitude = z.pow(2) @ precision.T + 2.0 * z.abs() @ (mu.abs() * precision).T + (mu.pow(2) * precision).sum(-1)
+    if float(magnitude.max()) * z.shape[-1] * _EXPANSION_ERROR > _MAX_LOG_DENSITY_ERROR:
+        rows_per_piece = max(1, chunk_elements // max(1, mu.numel()))
+        squared = torch.cat(
+            [
+                ((z[start : start + rows_per_piece, None, :] - mu) ** 2 * precision).sum(-1)
+                for start in range(0, z.shape[0], rows_per_piece)
+            ]
+        )
     return -0.5 * (squared + logvar.sum(-1) + z.shape[-1] * LOG_2PI)
 
 
@@ -84,10 +104,27 @@ def _mi_sum(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, chunk_eleme
     total = 0.0
     for start in range(0, z.shape[0], rows_per_chunk):
         rows = slice(start, start + rows_per_chunk)
-        log_q_mixture = torch.logsumexp(_log_density_matrix(z[rows], mu, logvar), dim=1) - math.log(num_components)
+        log_q_mixture = torch.logsumexp(_log_density_matrix(z[rows], mu, logvar, chunk_elements), dim=1) - math.log(
+            num_components
+        )
         log_q_own = log_normal(z[rows], mu[rows], logvar[rows])
         total += float((log_q_own - log_q_mixture).sum())
     return total
+
+
+def length_buckets(lengths: torch.Tensor, mini_batch_size: int) -> list[torch.Tensor]:
+    """He et al. (2019)'s evaluation batches: sentences of equal length, at most M per batch.
+
+    Sentences are grouped by length (shortest first, file order within a length) and each length's
+    group is cut into batches of M, its last batch possibly shorter. lengths [N] -> index tensors.
+    """
+    order = torch.sort(lengths, stable=True).indices
+    sorted_lengths = lengths[order]
+    batches = []
+    for length in torch.unique_consecutive(sorted_lengths):
+        members = order[sorted_lengths == length]
+        batches.extend(members.split(mini_batch_size))
+    return batches
 
 
 def mutual_information(
@@ -96,6 +133,7 @@ def mutual_information(
     z: torch.Tensor | None = None,
     *,
     mini_batch_size: int | None = None,
+    lengths: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     chunk_elements: int = 2**24,
 ) -> MutualInformation:
@@ -108,10 +146,13 @@ def mutual_information(
         mu, logvar: [N, Z] posteriors of the whole evaluated set, in a fixed (global) order.
         z: [N, Z] one sample per sentence; drawn with `generator` when None.
         mini_batch_size: None for the aggregate posterior over the whole set (M = N, as Optimus);
-            an integer M for the older mini-batch estimate (He et al. 2019): consecutive groups of M
-            sentences, each its own mixture, averaged weighted by group size.
-        chunk_elements: bound on the [rows, M] density matrix held at once (float64), so N in the
-            tens of thousands fits in memory.
+            an integer M for a mini-batch estimate: each mini-batch is its own mixture, and the
+            per-sentence terms are averaged over all N sentences (mini-batches weighted by size).
+        lengths: [N] sentence lengths; with `mini_batch_size`, the mini-batches are He et al.'s
+            equal-length buckets (`length_buckets`). Without, consecutive groups of M in the given
+            order, which depends on the file order and is not comparable to He et al.'s numbers.
+        chunk_elements: bound on the elements of the density matrices held at once (float64), so N
+            in the tens of thousands fits in memory.
     Returns: MutualInformation(nats, aggregate, num_components).
     """
     if mu.shape != logvar.shape or mu.dim() != 2:
@@ -128,11 +169,16 @@ def mutual_information(
         return MutualInformation(_mi_sum(z, mu, logvar, chunk_elements) / num_sentences, "dataset", num_sentences)
     if mini_batch_size < 1:
         raise ValueError(f"mini_batch_size must be >= 1, got {mini_batch_size}")
-    total = sum(
-        _mi_sum(z[s : s + mini_batch_size], mu[s : s + mini_batch_size], logvar[s : s + mini_batch_size], chunk_elements)
-        for s in range(0, num_sentences, mini_batch_size)
-    )
-    return MutualInformation(total / num_sentences, "mini-batch", min(mini_batch_size, num_sentences))
+    if lengths is None:
+        batches = list(torch.arange(num_sentences).split(mini_batch_size))
+        aggregate = "mini-batch"
+    else:
+        if lengths.shape != (num_sentences,):
+            raise ValueError(f"mutual_information: lengths must be [N]={num_sentences}, got {tuple(lengths.shape)}")
+        batches = length_buckets(lengths, mini_batch_size)
+        aggregate = "mini-batch by length"
+    total = sum(_mi_sum(z[rows], mu[rows], logvar[rows], chunk_elements) for rows in batches)
+    return MutualInformation(total / num_sentences, aggregate, max(len(rows) for rows in batches))
 
 
 def iw_log_likelihood(log_px_z: torch.Tensor, log_pz: torch.Tensor, log_qz_x: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,8 @@ def _rows(result: dict) -> list[tuple[str, str]]:
     rows = [
         ("sentences", _number(get("num_sentences"))),
         ("predicted tokens (incl. EOS)", _number(get("num_tokens"))),
-        ("words (+1 EOS per sentence)", _number(get("num_words"))),
+        ("words scored (+1 EOS per sentence)", _number(get("num_words"))),
+        ("sentences truncated before scoring", _number(get("num_truncated"))),
         ("recon NLL (nats/sentence)", _number(get("recon_nll"))),
         ("KL (nats/sentence)", _number(get("kl"))),
         ("-ELBO (nats/sentence)", _number(get("neg_elbo"))),
@@ -40,8 +41,8 @@ def _rows(result: dict) -> list[tuple[str, str]]:
         ("PPL per word, ELBO bound", _number(get("ppl_elbo_per_word"))),
         ("PPL per word, IW bound", _number(get("ppl_iw_per_word"))),
         ("MI, q(z) over the whole set (nats)", _number(get("mi_dataset"), 3)),
-        ("MI, q(z) per mini-batch (nats)", _number(get("mi_mini_batch"), 3)),
-        ("MI mini-batch size M", _number(get("mi_mini_batch_size"))),
+        ("MI, q(z) per equal-length mini-batch (nats)", _number(get("mi_mini_batch"), 3)),
+        ("MI largest mini-batch M", _number(get("mi_mini_batch_size"))),
         (
             "active units (Var mu_d > delta)",
             "-" if active is None else f"{active}/{get('latent_dim')} (delta {get('active_unit_delta')})",

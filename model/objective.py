@@ -2,10 +2,13 @@
 
 loss = mean over sentences of [ reconstruction + beta * thresholded KL ]
 
-Free bits (KL thresholding; Kingma et al. 2016, Optimus' dim_target_kl): each latent dimension's KL
-is replaced by max(lambda, KL_d), so dimensions below lambda get no gradient pushing them to the
-prior. `dimension` mode thresholds each sentence's KL_d; `batch` mode thresholds the batch-mean KL_d
-(the variant Optimus uses), which lets single sentences go below lambda.
+Free bits (KL thresholding): each latent dimension's KL is replaced by max(lambda, KL_d), so
+dimensions below lambda get no gradient pushing them to the prior. Two lineages (docs/CONVENTIONS.md):
+- `dimension` thresholds each sentence's KL_d. Optimus' `dim_target_kl` does the same with the same
+  gradient, but masks a KL_d below lambda to 0 where we clamp it to lambda, so its reported loss is
+  lower than ours by lambda times the number of (sentence, dimension) pairs below lambda.
+- `batch` thresholds the batch-mean KL_d (Kingma et al. 2016's free bits), which lets single
+  sentences go below lambda as long as the batch mean does not.
 """
 
 from __future__ import annotations

@@ -63,7 +63,9 @@ class PhaseConfig:
     beta: BetaSchedule = doc(default_factory=BetaSchedule, help="KL weight schedule within the phase")
     free_bits: float = doc(0.0, "KL threshold lambda in nats per latent dimension (0 = off)")
     free_bits_mode: Literal["dimension", "batch"] = doc(
-        "dimension", "threshold each sentence's KL_d, or the batch-mean KL_d (Optimus' variant)"
+        "dimension",
+        "'dimension': threshold each sentence's KL_d (Optimus' dim_target_kl, which masks to 0 where we clamp "
+        "to lambda); 'batch': threshold the batch-mean KL_d (Kingma et al. 2016). See docs/CONVENTIONS.md"
     )
     deletion_rate: float = doc(0.0, "fraction of encoder input tokens deleted (denoising)")
     masking_rate: float = doc(0.0, "fraction of encoder input tokens replaced by the mask token (denoising)")
@@ -107,7 +109,7 @@ class ValidationConfig:
     every_steps: int = doc(500, "validate every N steps (0 = only at the end)")
     max_batches: int = doc(20, "validation batches per rank")
     iw_samples: int = doc(5, "importance samples K per sentence for the IW-NLL estimate (each costs a decoder pass)")
-    mi_mini_batch_size: int = doc(32, "M of the mini-batch MI estimate (He et al. 2019; capped at log M)")
+    mi_mini_batch_size: int = doc(32, "M of the mini-batch MI estimate: equal-length groups of at most M (He et al. 2019; capped at log M)")
     num_reconstructions: int = doc(4, "validation sentences reconstructed (greedy) and logged as text")
 
 

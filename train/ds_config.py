@@ -70,7 +70,8 @@ TOP_LEVEL_SCHEMA: dict[str, Any] = {
     "log_level": None,
 }
 
-# Rules for "auto" under zero_optimization, HF Trainer's (FIELD_NOTES section 3), d = d_model.
+# Rules for "auto" under zero_optimization, as the Hugging Face Trainer resolves them (transformers
+# integrations/deepspeed.py; DeepSpeed itself does not), d = d_model.
 _BUCKET_RULES = {
     "reduce_bucket_size": lambda d: d * d,
     "stage3_prefetch_bucket_size": lambda d: int(0.9 * d * d),

@@ -24,7 +24,7 @@ import torch
 
 from ..config import save_config
 from ..data.collate import collate
-from ..data.noising import apply_noise, mask_token_id_for
+from ..data.noising import apply_noise, mask_token_id_for, protected_token_ids
 from ..data.stream import build_loader, check_tokenizer, read_split
 from ..evaluation.distributed import any_rank
 from ..evaluation.harness import validate
@@ -127,6 +127,7 @@ class Trainer:
         tokenizer = self.parts.vae.tokenizer
         self.pad_token_id = tokenizer.pad_token_id
         self.mask_token_id = mask_token_id_for(tokenizer)
+        self.protected_token_ids = protected_token_ids(tokenizer)
         # Per-rank streams: ranks see different data, so their dropout / z draws / noising differ too.
         _seed_everything(config.seed * 1_000_003 + self.world.rank)
         self.noise_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + self.world.rank)
@@ -212,7 +213,8 @@ class Trainer:
             batch, wait = self._next_batch()
             data_wait += wait
             batch = apply_noise(
-                batch, phase.deletion_rate, phase.masking_rate, self.mask_token_id, self.pad_token_id, self.noise_generator
+                batch, phase.deletion_rate, phase.masking_rate, self.mask_token_id, self.pad_token_id, self.noise_generator,
+                keep_ids=self.protected_token_ids,
             )
             batch = {key: value.to(self.world.device) for key, value in batch.items()}
             output = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoTokenizer
 
 from seq2vae.data.collate import collate
-from seq2vae.data.noising import apply_noise, mask_token_id_for
+from seq2vae.data.noising import apply_noise, mask_token_id_for, protected_token_ids
 
 PAD, EOS, MASK = 0, 1, 3
 
@@ -98,3 +98,24 @@ def test_mask_token_id_for_real_tokenizers(tokenizer_dir):
     assert mask_token_id_for(without_mask) == without_mask.unk_token_id
     without_mask.add_special_tokens({"additional_special_tokens": ["<extra_id_0>"]})
     assert mask_token_id_for(without_mask) == without_mask.convert_tokens_to_ids("<extra_id_0>")
+
+
+def test_a_tokenizer_bos_survives_noising_as_bart_needs(tokenizer_dir):
+    from tokenizers.processors import TemplateProcessing
+
+    t5_style = AutoTokenizer.from_pretrained(tokenizer_dir)
+    assert protected_token_ids(t5_style) == ()
+    bart_style = AutoTokenizer.from_pretrained(tokenizer_dir)  # BART opens every input with <s>
+    bart_style.add_special_tokens({"bos_token": "<s>"})
+    bos, eos = bart_style.bos_token_id, bart_style.eos_token_id
+    bart_style.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+    )
+    encoded = bart_style(["the old man walks to the market every day ."] * 400)["input_ids"]
+    batch = collate([{"input_ids": ids} for ids in encoded], pad_token_id=PAD)
+    assert protected_token_ids(bart_style) == (bos,)
+    generator = torch.Generator().manual_seed(0)
+    protected = apply_noise(batch, 0.15, 0.15, MASK, PAD, generator, keep_ids=protected_token_ids(bart_style))
+    assert (protected["input_ids"][:, 0] == bos).all()
+    unprotected = apply_noise(batch, 0.15, 0.15, MASK, PAD, torch.Generator().manual_seed(0))
+    assert (unprotected["input_ids"][:, 0] == bos).float().mean() < 0.8  # what the trainer did before

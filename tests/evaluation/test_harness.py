@@ -65,7 +65,9 @@ def test_evaluate_reports_consistent_metrics_with_counts(t5_result, t5_samples):
     assert metrics["neg_elbo"] == pytest.approx(metrics["recon_nll"] + metrics["kl"])
     assert metrics["ppl_iw_per_token"] == pytest.approx(math.exp(metrics["iw_nll"] * 20 / metrics["num_tokens"]), rel=1e-9)
     assert metrics["kl"] > 0 and 0 <= metrics["mi_dataset"] <= math.log(20)
-    assert metrics["mi_mini_batch_size"] == 20 and metrics["mi_dataset_components"] == 20
+    assert metrics["mi_dataset_components"] == 20 and metrics["mi_mini_batch_aggregate"] == "mini-batch by length"
+    assert 1 <= metrics["mi_mini_batch_size"] < 20  # the largest group of equal-length sentences
+    assert metrics["num_truncated"] == 0
     assert 0 <= metrics["active_units"] <= 16 and len(metrics["mu_variance"]) == 16
     reconstruction = t5_result["reconstruction"]
     assert reconstruction["num_sentences"] == 8 and 0 <= reconstruction["token_accuracy"] <= 1
@@ -74,6 +76,20 @@ def test_evaluate_reports_consistent_metrics_with_counts(t5_result, t5_samples):
     assert set(t5_result["probes"]["factors"]) == {"topic", "sentiment", "tense", "length"}
     for probe in t5_result["probes"]["factors"].values():
         assert probe["num_train"] + probe["num_test"] == 20 and 0 <= probe["majority_baseline"] <= 1
+
+
+def test_per_word_perplexity_counts_the_words_that_were_scored(t5, eval_jsonl):
+    samples, info = load_samples(eval_jsonl, t5.tokenizer, max_length=8)
+    assert info["truncated"] > 0
+    metrics = evaluate(t5, samples, EvalConfig(**NO_GENERATION))["metrics"]
+    assert metrics["num_truncated"] == info["truncated"]
+    expected_words = sum(
+        count_words(t5.tokenizer.decode(list(s["input_ids"]), skip_special_tokens=True)) if len(s["input_ids"]) == 8
+        and len(t5.tokenizer(s["text"])["input_ids"]) > 8 else count_words(s["text"])
+        for s in samples
+    )
+    assert metrics["num_words"] == expected_words < sum(count_words(s["text"]) for s in samples)
+    assert metrics["ppl_iw_per_word"] == pytest.approx(math.exp(metrics["iw_nll"] * 20 / expected_words), rel=1e-9)
 
 
 def test_evaluate_is_deterministic_given_the_seed(t5, t5_samples, t5_result):

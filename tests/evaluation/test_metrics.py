@@ -14,6 +14,7 @@ from seq2vae.evaluation.metrics import (
     count_words,
     gaussian_kl,
     iw_log_likelihood,
+    length_buckets,
     log_normal,
     log_standard_normal,
     mutual_information,
@@ -89,6 +90,51 @@ def test_mi_matches_brute_force_mixture_and_is_chunk_invariant():
     expected /= 30
     assert mutual_information(mu, logvar, z).nats == pytest.approx(expected, abs=1e-9)
     assert mutual_information(mu, logvar, z, chunk_elements=7).nats == pytest.approx(expected, abs=1e-9)
+
+
+def direct_mi(mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> float:
+    """The peers' computation: squared differences formed directly, never expanded."""
+    log_q_all = -0.5 * (((z[:, None] - mu[None]) ** 2 * torch.exp(-logvar)[None]).sum(-1) + logvar.sum(-1) + mu.shape[1] * math.log(2 * math.pi))
+    log_q_own = log_normal(z, mu, logvar)
+    return float((log_q_own - (torch.logsumexp(log_q_all, 1) - math.log(mu.shape[0]))).mean())
+
+
+@pytest.mark.parametrize("logvar_value", [-30.0, -40.0])
+def test_mi_of_sharp_posteriors_matches_the_direct_computation(logvar_value):
+    # Autoencoder phases leave |mu| ~ 10 with logvar far below -20: the matmul expansion of
+    # (z - mu)^2 / var cancels catastrophically there (errors of nats before the fix).
+    generator = torch.Generator().manual_seed(5)
+    base = torch.randn(32, 8, generator=generator, dtype=torch.float64) * 10
+    mu = torch.cat([base, base])  # each posterior has a twin: MI = log N - log 2 exactly
+    mu[32:, 0] += 1e-9  # twins overlap without coinciding, so the mixture terms are not trivial
+    logvar = torch.full_like(mu, logvar_value)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator, dtype=torch.float64)
+    expected = direct_mi(mu, logvar, z)
+    assert mutual_information(mu, logvar, z).nats == pytest.approx(expected, abs=1e-6)
+    assert mutual_information(mu, logvar, z, chunk_elements=100).nats == pytest.approx(expected, abs=1e-6)
+    assert mutual_information(mu, logvar, z).nats <= math.log(64) + 1e-9
+
+
+def test_length_buckets_are_equal_length_batches_with_short_remainders():
+    lengths = torch.tensor([5, 3, 5, 3, 5, 7, 5, 3])
+    batches = [rows.tolist() for rows in length_buckets(lengths, 2)]
+    assert batches == [[1, 3], [7], [0, 2], [4, 6], [5]]
+
+
+def test_mini_batch_mi_by_length_uses_the_buckets_and_says_so():
+    generator = torch.Generator().manual_seed(6)
+    mu, logvar = torch.randn(40, 3, generator=generator), torch.zeros(40, 3)
+    z = mu + torch.randn(40, 3, generator=generator)
+    lengths = torch.randint(3, 6, (40,), generator=generator)
+    expected = 0.0
+    for rows in length_buckets(lengths, 8):
+        expected += direct_mi(mu[rows].double(), logvar[rows].double(), z[rows].double()) * len(rows)
+    result = mutual_information(mu, logvar, z, mini_batch_size=8, lengths=lengths)
+    assert result.nats == pytest.approx(expected / 40, abs=1e-9)
+    assert result.aggregate == "mini-batch by length"
+    assert result.num_components == max(len(rows) for rows in length_buckets(lengths, 8))
+    consecutive = mutual_information(mu, logvar, z, mini_batch_size=8)
+    assert consecutive.aggregate == "mini-batch" and consecutive.nats != pytest.approx(result.nats, abs=1e-6)
 
 
 def linear_gaussian(num_sentences: int, data_dim: int = 3, latent_dim: int = 2, noise_var: float = 0.5):
