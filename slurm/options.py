@@ -61,6 +61,11 @@ class JobOptions:
         600, "seconds before the time limit at which SLURM warns the job (USR1) so the trainer can save"
     )
     max_parallel: int | None = doc(None, "sweeps: array tasks running at once (the %N of --array); null = no cap")
+    torch_extensions_dir: str = doc(
+        '"${SLURM_TMPDIR:-/tmp/$(id -un)}/torch_extensions"',
+        "where DeepSpeed JIT-builds its ops, as a shell word; default node-local: per job under $SLURM_TMPDIR "
+        "where the site sets it, else kept in /tmp between jobs (built once per node)",
+    )
     requeue_on_failure: int = doc(
         0, "times a job that failed (non-zero exit, not a preemption) requeues itself to resume from its latest checkpoint"
     )

@@ -103,6 +103,7 @@ def _launch_fragment(layout: Layout, options: JobOptions, output_dir: Path) -> s
         "requeue_exit_code": str(REQUEUE_EXIT_CODE),
         "log_dir": shlex.quote(str(output_dir)),
         "job_environment": "\n".join(job_environment_lines(layout)),
+        "torch_extensions_dir": _one_line(options.torch_extensions_dir, "--torch-extensions-dir"),
     }
     return _fill(_template("_launch"), values).rstrip("\n")
 
