@@ -2,11 +2,13 @@
 
 `render_job(kind, config, overrides, JobOptions(...))` returns the script; `seq2vae.slurm.cli`
 wraps it for the command line. Templates: `templates/{train,sweep,eval}.sbatch` plus the shared
-`templates/_launch.sbatch` (rendezvous, preemption forwarding, requeue).
+`templates/_launch.sbatch` (per-node resources and environment, rendezvous, per-rank logs, preemption
+forwarding, requeue after preemption or failure). `snapshot` turns hub names into local snapshots so
+that jobs run offline.
 """
 
-from .options import JobOptions, Layout, resolve_layout
+from .options import JobOptions, Layout, Resources, resolve_layout, resolve_resources
 from .render import RenderedJob, render_job
 from .sweep import read_sweep_table
 
-__all__ = ["JobOptions", "Layout", "RenderedJob", "read_sweep_table", "render_job", "resolve_layout"]
+__all__ = ["JobOptions", "Layout", "RenderedJob", "Resources", "read_sweep_table", "render_job", "resolve_layout", "resolve_resources"]

@@ -20,6 +20,7 @@ from ..config import ConfigError
 from .cluster import submit
 from .options import JobOptions
 from .render import JOB_KINDS, RenderedJob, render_job
+from .snapshot import offline_overrides
 
 # Repeatable list options get singular flag names.
 _FLAG_NAMES = {"sbatch_lines": "--sbatch-line", "setup_lines": "--setup"}
@@ -60,7 +61,11 @@ def _add_option_flags(parser: argparse.ArgumentParser) -> None:
 
 def _render(args: argparse.Namespace) -> RenderedJob:
     options = JobOptions(**{field.name: getattr(args, field.name) for field in dataclasses.fields(JobOptions)})
-    job = render_job(args.kind, args.config, args.overrides, options, sweep_table=args.sweep)
+    overrides = list(args.overrides)
+    if args.kind != "eval":
+        # Jobs run with HF_HUB_OFFLINE=1: hub names become local snapshots here, once (downloaded if needed).
+        overrides += offline_overrides(args.config, overrides, options.module)
+    job = render_job(args.kind, args.config, overrides, options, sweep_table=args.sweep)
     # sbatch does not create the log directory; a job whose log cannot be opened fails without a word.
     job.output_dir.mkdir(parents=True, exist_ok=True)
     return job

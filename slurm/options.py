@@ -7,6 +7,7 @@ anything reaches `sbatch`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,8 +23,19 @@ class JobOptions:
     ranks_per_node: int | None = doc(
         None, "training processes per node; null = gpus_per_node for cuda, 1 for cpu"
     )
-    cpus_per_task: int | None = doc(None, "CPUs for the one task per node (it hosts all that node's ranks)")
-    mem: str | None = doc(None, "memory per node, in sbatch syntax (e.g. 64G); null = the partition default")
+    cpus_per_task: int | None = doc(
+        None, "CPUs for the one task per node (it hosts all that node's ranks); null = cpus_per_gpu x GPUs for cuda"
+    )
+    mem: str | None = doc(None, "memory per node, in sbatch syntax (e.g. 480G); null = mem_per_gpu x GPUs for cuda")
+    cpus_per_gpu: int = doc(
+        8, "cuda jobs without --cpus-per-task: CPUs per GPU (without any, SLURM gives the job one CPU per node)"
+    )
+    mem_per_gpu: str = doc(
+        "64G", "cuda jobs without --mem: host memory per GPU (without it, the partition's default memory per node)"
+    )
+    exclusive: bool = doc(
+        False, "whole nodes: --exclusive and --mem=0 (all of each node's CPUs and memory) instead of the per-GPU defaults"
+    )
     partition: str | None = doc(None, "partition (queue); null = the cluster default")
     account: str | None = doc(None, "account charged for the job")
     qos: str | None = doc(None, "quality of service")
@@ -49,6 +61,14 @@ class JobOptions:
         600, "seconds before the time limit at which SLURM warns the job (USR1) so the trainer can save"
     )
     max_parallel: int | None = doc(None, "sweeps: array tasks running at once (the %N of --array); null = no cap")
+    torch_extensions_dir: str = doc(
+        '"${SLURM_TMPDIR:-/tmp/$(id -un)}/torch_extensions"',
+        "where DeepSpeed JIT-builds its ops, as a shell word; default node-local: per job under $SLURM_TMPDIR "
+        "where the site sets it, else kept in /tmp between jobs (built once per node)",
+    )
+    requeue_on_failure: int = doc(
+        0, "times a job that failed (non-zero exit, not a preemption) requeues itself to resume from its latest checkpoint"
+    )
     check_partition: bool = doc(
         True, "ask sinfo whether the partition has GPUs before rendering a GPU job (off: rendering for another cluster)"
     )
@@ -96,6 +116,8 @@ def resolve_layout(options: JobOptions) -> Layout:
         raise ConfigError(f"--ranks-per-node must be >= 1, got {ranks}")
     if options.cpus_per_task is not None and options.cpus_per_task < 1:
         raise ConfigError(f"--cpus-per-task must be >= 1, got {options.cpus_per_task}")
+    if options.requeue_on_failure < 0:
+        raise ConfigError(f"--requeue-on-failure must be >= 0, got {options.requeue_on_failure}")
     if options.max_restarts < 0:
         raise ConfigError(f"--max-restarts must be >= 0, got {options.max_restarts}")
     if options.signal_seconds < 1:
@@ -105,4 +127,38 @@ def resolve_layout(options: JobOptions) -> Layout:
     return Layout(nodes=options.nodes, gpus_per_node=gpus, ranks_per_node=ranks)
 
 
-__all__ = ["JobOptions", "Layout", "resolve_layout"]
+@dataclass(frozen=True)
+class Resources:
+    """What each node asks SLURM for, after the per-GPU defaults; None = not asked (SLURM's default)."""
+
+    cpus_per_task: int | None
+    mem: str | None
+    exclusive: bool
+
+
+_MEMORY = re.compile(r"^(\d+)([KMGT]?)$")
+
+
+def resolve_resources(options: JobOptions, layout: Layout) -> Resources:
+    """Per-node CPUs and memory: explicit options win, then --exclusive, then the per-GPU defaults.
+
+    A GPU job that asks for neither gets one CPU per node and the partition's default memory, which
+    starves data loading and can kill rank 0 while it reads a checkpoint; CPU jobs keep SLURM's defaults.
+    """
+    if options.cpus_per_gpu < 1:
+        raise ConfigError(f"--cpus-per-gpu must be >= 1, got {options.cpus_per_gpu}")
+    match = _MEMORY.match(options.mem_per_gpu.strip().upper())
+    if match is None:
+        raise ConfigError(f"--mem-per-gpu {options.mem_per_gpu!r}: expected a whole number with an optional K, M, G or T unit, e.g. 64G")
+    cpus, mem = options.cpus_per_task, options.mem
+    if options.exclusive:
+        # --mem=0 is SLURM's "all the memory of each node"; the CPUs are then all of the node's, and the
+        # launcher reads their number from SLURM_CPUS_ON_NODE.
+        return Resources(cpus_per_task=cpus, mem=mem or "0", exclusive=True)
+    if layout.gpus_per_node > 0:
+        cpus = cpus if cpus is not None else options.cpus_per_gpu * layout.gpus_per_node
+        mem = mem if mem is not None else f"{int(match.group(1)) * layout.gpus_per_node}{match.group(2)}"
+    return Resources(cpus_per_task=cpus, mem=mem, exclusive=False)
+
+
+__all__ = ["JobOptions", "Layout", "Resources", "resolve_layout", "resolve_resources"]

@@ -16,7 +16,8 @@ from typing import Literal
 
 from ..config import ConfigError
 from .cluster import check_partition_has_gpus
-from .options import JobOptions, Layout, resolve_layout
+from .job_environment import job_environment_lines
+from .options import JobOptions, Layout, resolve_layout, resolve_resources
 from .run_config import TRAINER_MODULE, check_config_file, read_run_facts
 from .sweep import read_sweep_table
 
@@ -82,7 +83,7 @@ def render_job(
     workdir = Path(options.workdir).resolve() if options.workdir else Path.cwd()
     values = {
         "sbatch": "\n".join(_sbatch_lines(kind, options, layout, job_name, output_dir, workdir, len(rows) or None)),
-        "launch": _launch_fragment(layout, options),
+        "launch": _launch_fragment(layout, options, output_dir),
         "setup": _setup_lines(options),
         "config": str(config_path),
         **kind_values,
@@ -94,11 +95,15 @@ def render_job(
     return RenderedJob(kind, _fill(_template(kind), values), job_name, output_dir, len(rows) or None)
 
 
-def _launch_fragment(layout: Layout, options: JobOptions) -> str:
+def _launch_fragment(layout: Layout, options: JobOptions, output_dir: Path) -> str:
     values = {
         "ranks_per_node": str(layout.ranks_per_node),
         "max_restarts": str(options.max_restarts),
+        "requeue_on_failure": str(options.requeue_on_failure),
         "requeue_exit_code": str(REQUEUE_EXIT_CODE),
+        "log_dir": shlex.quote(str(output_dir)),
+        "job_environment": "\n".join(job_environment_lines(layout)),
+        "torch_extensions_dir": _one_line(options.torch_extensions_dir, "--torch-extensions-dir"),
     }
     return _fill(_template("_launch"), values).rstrip("\n")
 
@@ -167,14 +172,16 @@ def _sbatch_lines(
     array_size: int | None,
 ) -> list[str]:
     log_name = "%x-%A_%a.out" if kind == "sweep" else "%x-%j.out"
+    resources = resolve_resources(options, layout)
     pairs: list[tuple[str, object]] = [
         ("job-name", job_name),
         ("nodes", layout.nodes),
         # One task per node hosts torchrun, which starts that node's ranks (never one task per GPU).
         ("ntasks-per-node", 1),
         ("gpus-per-node", layout.gpus_per_node or None),
-        ("cpus-per-task", options.cpus_per_task),
-        ("mem", options.mem),
+        ("cpus-per-task", resources.cpus_per_task),
+        ("mem", resources.mem),
+        ("exclusive", "" if resources.exclusive else None),
         ("partition", options.partition),
         ("account", options.account),
         ("qos", options.qos),
@@ -188,6 +195,8 @@ def _sbatch_lines(
     if kind != "eval":
         # B: only the batch script is warned; it forwards the signal to the ranks itself.
         pairs += [("signal", f"B:USR1@{options.signal_seconds}"), ("requeue", "")]
+    elif options.requeue_on_failure:
+        pairs.append(("requeue", ""))  # a failed evaluation runs again
     if array_size:
         limit = f"%{options.max_parallel}" if options.max_parallel else ""
         pairs.append(("array", f"0-{array_size - 1}{limit}"))

@@ -135,7 +135,10 @@ class TrainConfig:
         None, "save and stop (exit 0) after this global step, e.g. for time-boxed jobs; null = run all phases"
     )
     distributed_timeout_s: int = doc(
-        600, "timeout of collectives: a rank stuck this long (a peer died) raises instead of hanging"
+        600, "timeout of collectives after the first step: a rank stuck this long (a peer died) raises instead of hanging"
+    )
+    startup_timeout_s: int = doc(
+        3600, "timeout of collectives until the first step is done (model loading, checkpoint reading, op builds)"
     )
 
     @property
@@ -211,6 +214,7 @@ def validate_train_config(config: TrainConfig) -> TrainConfig:
     if config.stop_at_step is not None:
         _require(config.stop_at_step > 0, "stop_at_step", "must be > 0 or null")
     _require(config.distributed_timeout_s > 0, "distributed_timeout_s", "must be > 0")
+    _require(config.startup_timeout_s > 0, "startup_timeout_s", "must be > 0")
     return config
 
 

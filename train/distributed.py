@@ -1,18 +1,42 @@
 """Process-group setup: torchrun worlds of any size, and a world of 1 for a plain `python -m` run.
 
-Collectives get a finite timeout (`distributed_timeout_s`): when a peer dies, a rank blocked in a
-collective raises instead of waiting forever, so the job always ends. (torchrun also stops the other
-workers as soon as one exits non-zero.)
+Collectives get a finite timeout: when a peer dies, a rank blocked in a collective raises instead of
+waiting forever, so the job always ends. (torchrun also stops the other workers as soon as one exits
+non-zero.) Two timeouts: a long one while the run starts (`startup_timeout_s`: rank 0 reading a big
+checkpoint, ZeRO-3 partitioning, JIT-compiled ops; the other ranks wait in a collective meanwhile),
+then, once the first step is done, a short one for the steps (`distributed_timeout_s`), so a rank that
+dies mid-run ends the job in minutes instead of an hour.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
+
+# The oldest DeepSpeed our tests run on. Older releases differ where it matters here: 0.16 ZeRO checks
+# only fp16 steps for overflow (a non-finite bf16 step is applied), and defaults such as
+# gradient_clipping (0.19.3) and offload pin_memory (0.19.5) changed since.
+MIN_DEEPSPEED_VERSION = (0, 19, 8)
+
+
+def check_deepspeed_version(version: str | None = None) -> None:
+    """Raises RuntimeError naming both versions when DeepSpeed (or `version`) is older than the minimum."""
+    if version is None:
+        import deepspeed
+
+        version = deepspeed.__version__
+    numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+    if numbers < MIN_DEEPSPEED_VERSION:
+        minimum = ".".join(map(str, MIN_DEEPSPEED_VERSION))
+        raise RuntimeError(
+            f"DeepSpeed {version} is older than {minimum}, the oldest version seq2vae is tested with: "
+            f"pip install 'deepspeed>={minimum},<0.20'"
+        )
 
 
 @dataclass(frozen=True)
@@ -44,6 +68,9 @@ def on_cpu() -> bool:
 def init_world(timeout_s: int) -> World:
     """Initialises torch.distributed through DeepSpeed (gloo on CPU, NCCL on GPU), once per process.
 
+    `timeout_s` is the collective timeout until `set_collective_timeout` changes it (the trainer passes
+    its start-up timeout here and the step timeout after the first step).
+
     Without torchrun's variables it starts a world of one on a free loopback port. The group is
     never torn down by the trainer: DeepSpeed caches it, so a second `trainer.run` in the same
     process reuses it; the process's entry point calls `shutdown_world` at the end.
@@ -51,6 +78,7 @@ def init_world(timeout_s: int) -> World:
     import deepspeed
     import torch.distributed as dist
 
+    check_deepspeed_version(deepspeed.__version__)
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -66,7 +94,27 @@ def init_world(timeout_s: int) -> World:
         deepspeed.init_distributed(
             dist_backend="gloo" if cpu else "nccl", timeout=timedelta(seconds=timeout_s), verbose=False
         )
+    else:
+        set_collective_timeout(timeout_s)  # a later run in this process: its start-up timeout again
     return World(rank=dist.get_rank(), local_rank=local_rank, size=dist.get_world_size(), device=device)
+
+
+def set_collective_timeout(timeout_s: float) -> None:
+    """Sets the timeout of every process group this rank belongs to (the default one and any that
+    DeepSpeed created, e.g. ZeRO's data-parallel groups); later collectives use it.
+
+    All ranks should call it at the same point (the trainer: after the first step). gloo and NCCL
+    groups only; torch warns about others and leaves them as they are.
+    """
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d
+
+    if not dist.is_initialized():
+        return
+    timeout = timedelta(seconds=timeout_s)
+    for group in list(distributed_c10d._world.pg_map):
+        if not distributed_c10d._rank_not_in_group(group):
+            distributed_c10d._set_pg_timeout(timeout, group)
 
 
 def shutdown_world() -> None:

@@ -39,7 +39,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import PhaseConfig, TrainConfig, gradient_accumulation_steps, validate_train_config
-from .distributed import World, barrier, init_world
+from .distributed import World, barrier, init_world, set_collective_timeout
 from .engine import build_engine, set_learning_rate
 from .freezing import set_frozen
 from .monitor import make_monitor
@@ -111,7 +111,7 @@ class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = validate_train_config(config)
         self.stop_request = StopRequest().install()
-        self.world: World = init_world(config.distributed_timeout_s)
+        self.world: World = init_world(config.startup_timeout_s)  # until the first step; see fit
         self.run_dir = Path(config.run_dir)
         self.checkpoints_dir = self.run_dir / "checkpoints"
         if self.world.is_main:
@@ -235,6 +235,8 @@ class Trainer:
             num_samples += int(batch["labels"].shape[0])
         if skipped and self.engine.was_step_applied():
             raise RuntimeError("internal: DeepSpeed applied an optimizer step the trainer meant to skip")
+        # DeepSpeed drops a step itself when the gradient norm is not finite with a finite loss (same on all ranks).
+        skipped = skipped or not self.engine.was_step_applied()
         totals["beta"] = beta
         return StepResult(
             parts=totals,
@@ -349,12 +351,15 @@ class Trainer:
         last: dict[str, float] = {}
         validation: dict[str, float] | None = None
         status, checkpoint = "completed", self.resumed_from
+        first_step = self.step  # of this process: 0, or the step it resumed at
         try:
             while self.step < config.total_steps:
                 phase_index, step_in_phase = phase_at(config.phases, self.step)
                 self.enter_phase(phase_index)
                 phase = config.phases[phase_index]
                 result = self.train_step(phase, step_in_phase)
+                if self.step == first_step:
+                    set_collective_timeout(config.distributed_timeout_s)  # loading is over: a stuck peer now fails fast
                 self.step += 1
                 self.record_skip(result.skipped)
                 self.log(result)

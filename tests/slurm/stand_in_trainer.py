@@ -2,10 +2,13 @@
 
     torchrun ... -m stand_in_trainer --config C.yaml --resume auto [key=value ...]
 
-Config (plain YAML): `run_dir`, `stand_in.steps`, `stand_in.step_seconds`. Each step sleeps; ranks
-agree on stop requests with an all-reduce (gloo) at every step boundary, like the trainer. On SIGUSR1
-or SIGTERM it saves `RUN_DIR/checkpoints/step_XXXXXXXX` + `latest` and exits 75; at the end it saves
-and exits 0. Every rank appends what happened to `RUN_DIR/events.jsonl` (one JSON object a line).
+Config (plain YAML): `run_dir`, `stand_in.steps`, `stand_in.step_seconds`, optional
+`stand_in.save_every` (steps between checkpoints), `stand_in.fail_at_step` and `stand_in.failing_runs`
+(in runs with SLURM_RESTART_COUNT below it, rank 1 crashes with exit code 3 at that step). Each step
+sleeps; ranks agree on stop requests with an all-reduce (gloo) at every step boundary, like the
+trainer. On SIGUSR1 or SIGTERM it saves `RUN_DIR/checkpoints/step_XXXXXXXX` + `latest` and exits 75;
+at the end it saves and exits 0. Every rank appends what happened to `RUN_DIR/events.jsonl` (one JSON
+object a line), and prints one line to its stdout at start.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ import yaml
 from seq2vae.config import parse_override
 
 REQUEUE_EXIT_CODE = 75
+CRASH_EXIT_CODE = 3
+# What the job script sets for every rank; recorded at start so tests see the ranks' real environment.
+JOB_ENVIRONMENT = ("OMP_NUM_THREADS", "PYTHONUNBUFFERED", "TORCH_EXTENSIONS_DIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def load_config(path: str, overrides: list[str]) -> dict:
@@ -74,10 +80,18 @@ def main() -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     latest = run_dir / "checkpoints" / "latest"
     step = int(latest.read_text().strip().split("_")[1]) if args.resume == "auto" and latest.exists() else 0
-    record(run_dir, event="start", step=step, world_size=dist.get_world_size(), overrides=args.overrides)
+    environment = {name: os.environ.get(name) for name in JOB_ENVIRONMENT}
+    record(run_dir, event="start", step=step, world_size=dist.get_world_size(), overrides=args.overrides, environment=environment)
+    print(f"stand-in rank {dist.get_rank()} starts at step {step}")
+    save_every = int(config["stand_in"].get("save_every", 0))
+    fail_at_step = config["stand_in"].get("fail_at_step")
+    failing = int(os.environ.get("SLURM_RESTART_COUNT", 0)) < int(config["stand_in"].get("failing_runs", 0))
     while step < steps:
         time.sleep(step_seconds)
         step += 1
+        if failing and step == fail_at_step and dist.get_rank() == 1:
+            record(run_dir, event="crash", step=step)
+            os._exit(CRASH_EXIT_CODE)
         stop = torch.tensor([1 if received else 0])
         dist.all_reduce(stop, op=dist.ReduceOp.MAX)
         if stop.item():
@@ -85,6 +99,8 @@ def main() -> int:
             save(run_dir, step)
             dist.destroy_process_group()
             return REQUEUE_EXIT_CODE
+        if save_every and step % save_every == 0:
+            save(run_dir, step)
     save(run_dir, step)
     record(run_dir, event="done", step=step)
     dist.destroy_process_group()

@@ -1,6 +1,9 @@
 """Job mechanics on a real one-node SLURM, with a stand-in trainer (same flags and signal contract).
 
-What is checked: a rendered 2-rank job runs to the end; the restart limit holds; in a 2-task sweep
+What is checked: a rendered 2-rank job runs to the end, its ranks get the environment the script sets
+(threads from the allocation, offline hub, node-local extensions) and each writes its own log while
+rank 0 also writes to the job log; the restart limit holds; a job that fails requeues itself (capped)
+and resumes from its latest checkpoint; in a 2-task sweep
 each task runs its own row, and when one task is warned, only its ranks get the signal (each
 exactly once; torchrun survives it), they save, the task requeues itself and its next run resumes
 from the saved step. (test_training_jobs.py repeats the preemption with the real trainer.)
@@ -9,6 +12,8 @@ from the saved step. (test_training_jobs.py repeats the preemption with the real
 from __future__ import annotations
 
 import json
+import os
+import pwd
 from pathlib import Path
 
 import yaml
@@ -16,9 +21,10 @@ import yaml
 STAND_IN = "stand_in_trainer"
 
 
-def stand_in_config(directory: Path, steps: int, step_seconds: float) -> Path:
+def stand_in_config(directory: Path, steps: int, step_seconds: float, **stand_in) -> Path:
     path = directory / "stand_in.yaml"
-    path.write_text(yaml.safe_dump({"run_dir": str(directory / "run"), "stand_in": {"steps": steps, "step_seconds": step_seconds}}))
+    settings = {"steps": steps, "step_seconds": step_seconds, **stand_in}
+    path.write_text(yaml.safe_dump({"run_dir": str(directory / "run"), "stand_in": settings}))
     return path
 
 
@@ -53,6 +59,18 @@ def test_two_rank_job_completes(slurm_cluster, stand_in_setup, tmp_path):
     assert sorted(e["rank"] for e in events(run_dir, event="done", step=4)) == [0, 1]
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000004"
     assert "finished with exit status 0" in log
+    # 2 CPUs for 2 ranks: one OpenMP thread each, set by the script (not torchrun's default).
+    for start in events(run_dir, event="start"):
+        environment = start["environment"]
+        assert environment["OMP_NUM_THREADS"] == "1" and environment["PYTHONUNBUFFERED"] == "1", environment
+        assert environment["HF_HUB_OFFLINE"] == "1" and environment["TRANSFORMERS_OFFLINE"] == "1", environment
+        assert environment["TORCH_EXTENSIONS_DIR"] == f"/tmp/{pwd.getpwuid(os.getuid()).pw_name}/torch_extensions", environment
+    assert "per node: 2 CPUs, OMP_NUM_THREADS=1 per rank" in log
+    # Rank 0 in the job log, labelled; each rank's whole output in its own file under the log directory.
+    assert "[rank0]:stand-in rank 0 starts at step 0" in log and "stand-in rank 1" not in log
+    rank_logs = {path.parent.name: path.read_text() for path in (tmp_path / "logs").glob(f"*-{job_id}/node-0/*/attempt_0/*/stdout.log")}
+    assert sorted(rank_logs) == ["0", "1"], rank_logs
+    assert all(f"stand-in rank {rank} starts at step 0" in rank_logs[rank] for rank in rank_logs)
 
 
 def test_restart_limit_stops_requeueing(slurm_cluster, stand_in_setup, tmp_path):
@@ -66,6 +84,35 @@ def test_restart_limit_stops_requeueing(slurm_cluster, stand_in_setup, tmp_path)
     assert job["Restarts"] == "0" and job["ExitCode"] == "75:0", log + slurm_cluster.explain(job_id)
     assert "restart limit reached (0 of 0): not requeueing" in log
     assert len(events(run_dir, event="saved")) == 2 and not events(run_dir, event="done")
+
+
+def test_failed_jobs_requeue_up_to_the_limit_and_resume(slurm_cluster, stand_in_setup, tmp_path):
+    # Rank 1 crashes at step 3 in the first run (failing_runs=1) or in every run (failing_runs=9);
+    # checkpoints every 2 steps, so a requeued run resumes at step 2.
+    jobs = {}
+    for name, failing_runs in (("once", 1), ("always", 9)):
+        directory = tmp_path / name
+        directory.mkdir()
+        config = stand_in_config(directory, steps=6, step_seconds=0.2, save_every=2, fail_at_step=3, failing_runs=failing_runs)
+        jobs[name] = (config, submit(slurm_cluster, config, stand_in_setup, "--cpus-per-task", "1", "--requeue-on-failure", "1"))
+
+    config, job_id = jobs["once"]
+    (job,) = slurm_cluster.wait_until_done(job_id)
+    log, run_dir = the_log(config), config.parent / "run"
+    assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", log + slurm_cluster.explain(job_id)
+    assert "(failure 1 of 1 requeued); requeueing" in log and "finished with exit status 0" in log
+    assert [e["rank"] for e in events(run_dir, event="crash", restart=0)] == [1]
+    assert [e["step"] for e in events(run_dir, event="start", restart=1)] == [2, 2]
+    assert sorted(e["rank"] for e in events(run_dir, event="done", step=6, restart=1)) == [0, 1]
+    (failures,) = (config.parent / "logs").glob(f"*-{job_id}/failed-runs")
+    assert len(failures.read_text().splitlines()) == 1
+
+    config, job_id = jobs["always"]
+    (job,) = slurm_cluster.wait_until_done(job_id)
+    log = the_log(config)
+    assert job["JobState"] == "FAILED" and job["Restarts"] == "1", log + slurm_cluster.explain(job_id)
+    assert "failure requeue limit reached (1 of 1): not requeueing" in log
+    assert len(events(config.parent / "run", event="crash")) == 2
 
 
 def test_sweep_runs_each_row_and_requeues_only_the_preempted_task(slurm_cluster, stand_in_setup, tmp_path):

@@ -183,5 +183,67 @@ def test_cli_help_lists_every_job_option(capsys):
     out = capsys.readouterr().out
     assert exit_info.value.code == 0
     for flag in ("--nodes", "--gpus-per-node", "--cpus-per-task", "--mem", "--partition", "--account", "--qos", "--time",
-                 "--constraint", "--sbatch-line", "--setup", "--output-dir", "--max-restarts", "--max-parallel", "--sweep"):
+                 "--constraint", "--sbatch-line", "--setup", "--output-dir", "--max-restarts", "--max-parallel", "--sweep",
+                 "--cpus-per-gpu", "--mem-per-gpu", "--exclusive", "--requeue-on-failure"):
         assert flag in out
+
+
+def exported(script: str) -> dict[str, str]:
+    """`export NAME=VALUE` lines of a script (value as written, comment dropped)."""
+    return {name: value.split("  #")[0] for name, value in re.findall(r"^export (\w+)=(.*)$", script, flags=re.MULTILINE)}
+
+
+@pytest.mark.parametrize("nodes", [1, 4])
+def test_gpu_jobs_get_cpus_memory_and_a_per_rank_environment(tmp_path, nodes):
+    config = write_config(tmp_path, micro=4, global_batch=4 * nodes * 8)
+    logs = tmp_path / "logs"
+    options = JobOptions(nodes=nodes, gpus_per_node=8, check_partition=False, module=STAND_IN, output_dir=str(logs),
+                         requeue_on_failure=2, setup_lines=["export OMP_NUM_THREADS=2"])
+    job = render_job("train", config, [], options)
+    sbatch = sbatch_options(job.script)
+    # Per node: 8 CPUs and 64G per GPU by default; one task per node hosts torchrun and its 8 ranks.
+    assert sbatch["nodes"] == str(nodes) and sbatch["ntasks-per-node"] == "1" and sbatch["gpus-per-node"] == "8"
+    assert sbatch["cpus-per-task"] == "64" and sbatch["mem"] == "512G" and "exclusive" not in sbatch
+    # srun gets the CPUs explicitly (Slurm >= 22.05 does not inherit them), and so does any other srun.
+    assert 'CPUS_PER_NODE=${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-1}}' in job.script
+    assert 'srun --nodes="$SLURM_NNODES" --ntasks-per-node=1 --cpus-per-task="$CPUS_PER_NODE" --kill-on-bad-exit=1' in job.script
+    env = exported(job.script)
+    assert env["SRUN_CPUS_PER_TASK"] == "$CPUS_PER_NODE"
+    assert "OMP_NUM_THREADS=$(( CPUS_PER_NODE / NPROC_PER_NODE ))" in job.script and "export OMP_NUM_THREADS" in job.script
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert env["TORCH_EXTENSIONS_DIR"] == '"${SLURM_TMPDIR:-/tmp/$(id -un)}/torch_extensions"'
+    assert env["HF_HUB_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1"
+    # NCCL: abort on a timed-out collective after dumping the flight recorder next to the rank logs.
+    assert env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3" and env["TORCH_NCCL_DUMP_ON_TIMEOUT"] == "1"
+    assert int(env["TORCH_NCCL_TRACE_BUFFER_SIZE"]) > 0
+    assert env["TORCH_FR_DUMP_TEMP_FILE"] == '"$JOB_LOG_DIR/nccl-trace-rank-"'
+    # Rank 0 of each node in the job log, labelled with its global rank; every rank in its own file.
+    assert env["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] == "'[rank${rank}]:'"
+    assert f'JOB_LOG_DIR={logs}/"${{SLURM_JOB_NAME}}-${{JOB_REF}}"' in job.script
+    assert '--log-dir "$3/node-$SLURM_NODEID" --tee 3 --local-ranks-filter 0 "${@:4}"' in job.script
+    assert "REQUEUE_ON_FAILURE=2" in job.script
+    # The setup lines come after the defaults, so they can override them.
+    assert job.script.index("export OMP_NUM_THREADS\n") < job.script.index("export OMP_NUM_THREADS=2")
+    bash_syntax_ok(job.script, tmp_path)
+
+
+def test_explicit_resources_and_exclusive_nodes_override_the_gpu_defaults(tmp_path):
+    config = write_config(tmp_path, micro=4, global_batch=16)
+    explicit = render_job("train", config, [], JobOptions(gpus_per_node=4, cpus_per_task=20, mem="200G", check_partition=False,
+                                                          module=STAND_IN))
+    assert sbatch_options(explicit.script)["cpus-per-task"] == "20" and sbatch_options(explicit.script)["mem"] == "200G"
+    per_gpu = render_job("train", config, [], JobOptions(gpus_per_node=4, cpus_per_gpu=12, mem_per_gpu="100g",
+                                                         check_partition=False, module=STAND_IN))
+    assert sbatch_options(per_gpu.script)["cpus-per-task"] == "48" and sbatch_options(per_gpu.script)["mem"] == "400G"
+    whole = sbatch_options(render_job("train", config, [], JobOptions(gpus_per_node=4, exclusive=True, check_partition=False,
+                                                                      module=STAND_IN)).script)
+    # All of each node: SLURM's --mem=0; the CPUs come from SLURM_CPUS_ON_NODE in the script.
+    assert "exclusive" in whole and whole["mem"] == "0" and "cpus-per-task" not in whole
+    # CPU jobs keep SLURM's defaults unless asked, and carry no NCCL settings.
+    cpu = render_job("train", config, [], JobOptions(device="cpu", ranks_per_node=2, module=STAND_IN))
+    assert "cpus-per-task" not in sbatch_options(cpu.script) and "mem" not in sbatch_options(cpu.script)
+    assert "TORCH_NCCL" not in cpu.script and "export HF_HUB_OFFLINE=1" in cpu.script
+    with pytest.raises(ConfigError, match=r"--mem-per-gpu '64 GB': expected a whole number"):
+        render_job("train", config, [], JobOptions(gpus_per_node=4, mem_per_gpu="64 GB", check_partition=False, module=STAND_IN))
+    with pytest.raises(ConfigError, match="--requeue-on-failure must be >= 0"):
+        render_job("train", config, [], JobOptions(device="cpu", requeue_on_failure=-1, module=STAND_IN))

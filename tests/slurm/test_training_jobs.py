@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import yaml
+from torch.utils.cpp_extension import get_default_build_root
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+
+# DeepSpeed's CPU communication op, as the other training tests build it (once per machine): the jobs'
+# default node-local directory would build it again, minutes on a loaded 2-core machine.
+# (test_job_mechanics checks that the default reaches the ranks.)
+TORCH_EXTENSIONS = str(Path(get_default_build_root()) / f"py{sys.version_info.major}{sys.version_info.minor}_cpu")
 
 
 def submit(cluster, config: Path, *args: str, ranks: int = 2) -> str:
     result = cluster.seq2vae_slurm(
         "submit", "--config", str(config), "--device", "cpu", "--ranks-per-node", str(ranks),
-        "--output-dir", str(config.parent / "logs"), *args,
+        "--output-dir", str(config.parent / "logs"), "--torch-extensions-dir", TORCH_EXTENSIONS, *args,
     )
     return result.stdout.strip()
 

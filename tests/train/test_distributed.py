@@ -1,8 +1,13 @@
-"""seq2vae.train.distributed: how a world of ranks ends."""
+"""seq2vae.train.distributed: how a world of ranks ends, its collective timeouts, the DeepSpeed it needs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
+
+from seq2vae.train.distributed import check_deepspeed_version
 
 WORKER = str(Path(__file__).with_name("world_worker.py"))
 LAUNCHES = 4
@@ -15,3 +20,24 @@ def test_ranks_that_shut_the_world_down_always_exit_zero(launch):
         process = launch.run([WORKER], timeout=180)
         assert process.returncode == 0, launch.tail(process)
         assert "SIGABRT" not in process.stderr and "terminate called" not in process.stderr, launch.tail(process)
+
+
+TIMEOUT_WORKER = str(Path(__file__).with_name("timeout_worker.py"))
+
+
+def test_step_timeout_replaces_the_startup_timeout(launch, tmp_path):
+    # The world starts with a one-hour timeout; after set_collective_timeout(2) a collective that a
+    # peer never joins fails in seconds, which is what ends a job whose rank died mid-run.
+    result_path = tmp_path / "result.json"
+    process = launch.run([TIMEOUT_WORKER, str(result_path), "2"], timeout=180)
+    assert process.returncode == 0, launch.tail(process)
+    outcome = json.loads(result_path.read_text())
+    assert outcome["raised"] is not None, outcome
+    assert outcome["waited_s"] < 60, outcome  # far below the 3600 s start-up timeout
+
+
+def test_deepspeed_older_than_the_tested_minimum_is_refused():
+    check_deepspeed_version("0.19.8")
+    check_deepspeed_version("0.20.1")
+    with pytest.raises(RuntimeError, match=r"DeepSpeed 0.16.4 is older than 0.19.8.*pip install 'deepspeed>=0.19.8,<0.20'"):
+        check_deepspeed_version("0.16.4")
