@@ -42,6 +42,21 @@ CONFIG_FILE = "vae_config.json"
 PARAMETER_GROUPS = ("embeddings", "encoder", "decoder", "posterior", "latent")
 
 
+# Formats torch / transformers would read with pickle; a model directory must not contain them.
+PICKLED_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def refuse_pickled_weights(directory: Path) -> None:
+    """Raises ValueError naming any pickle-format weight file in a model directory (or its backbone)."""
+    for folder in (directory, directory / BACKBONE_SUBDIR):
+        pickled = sorted(p.name for p in folder.glob("*") if p.name.endswith(PICKLED_WEIGHT_SUFFIXES)) if folder.is_dir() else []
+        if pickled:
+            raise ValueError(
+                f"{folder} contains {', '.join(pickled)}: pickle-format weights are refused because loading "
+                "them can run code; seq2vae model directories hold safetensors only (re-export the model)"
+            )
+
+
 @dataclass
 class VAEOutput:
     recon_nll: torch.Tensor  # [B] -log p(x|z), summed over target tokens (EOS included, padding excluded)
@@ -330,7 +345,7 @@ class Seq2SeqVAE(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **backbone_kwargs) -> "Seq2SeqVAE":
-        """Loads a directory written by `save_pretrained`."""
+        """Loads a directory written by `save_pretrained`; never unpickles (pickle-format weights are refused)."""
         directory = Path(directory)
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
@@ -339,7 +354,10 @@ class Seq2SeqVAE(nn.Module):
         if record.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{config_path}: unsupported format_version {record.get('format_version')!r}")
         config = VAEConfig.from_dict(record["vae"], source=str(config_path))
-        backbone = AutoModelForSeq2SeqLM.from_pretrained(directory / BACKBONE_SUBDIR, **backbone_kwargs)
+        refuse_pickled_weights(directory)
+        backbone = AutoModelForSeq2SeqLM.from_pretrained(
+            directory / BACKBONE_SUBDIR, **{"use_safetensors": True, **backbone_kwargs}
+        )
         tokenizer = AutoTokenizer.from_pretrained(directory) if (directory / "tokenizer_config.json").exists() else None
         vae = cls(backbone, config, tokenizer)
         heads = load_file(directory / HEADS_FILE)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..model import build_vae
 from .checkpoint import latest_checkpoint
+from .safe_load import weights_only_loading
 
 
 def export_run(run_dir: str | Path, output_dir: str | Path, checkpoint: str | None = None) -> Path:
@@ -46,7 +47,8 @@ def export_run(run_dir: str | Path, output_dir: str | Path, checkpoint: str | No
         if not path.is_dir():
             available = ", ".join(sorted(p.name for p in checkpoints_dir.glob("step_*"))) or "none"
             raise FileNotFoundError(f"checkpoint {checkpoint!r} not found in {checkpoints_dir}; available: {available}")
-    state_dict = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints_dir), tag=path.name)
+    with weights_only_loading(path):  # DeepSpeed's loader would otherwise unpickle anything
+        state_dict = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints_dir), tag=path.name)
     vae = build_vae(config.model, pretrained_weights=False).float()  # no pretrained download
     missing, unexpected = vae.load_state_dict(state_dict, strict=False)
     # Tied weights (T5's encoder/decoder embed_tokens are `shared`) are stored once; anything else missing is a bug.

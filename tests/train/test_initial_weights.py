@@ -1,84 +1,35 @@
 """Identical starts on every ZeRO stage and world size, and the golden-loss comparison of stages.
 
-One real 2-rank torchrun run per stage (ZeRO-1, 2, 3) of the debug T5 through both phases (decoder
-frozen in phase 1), plus one 1-rank ZeRO-3 start; tests/train/initial_weights_probe.py records each
-run's gathered initial weights before training.
+`golden_runs` (tests/train/conftest.py): one real 2-rank torchrun run per stage (ZeRO-1, 2, 3) of the
+debug T5 through both phases (decoder frozen in phase 1), plus one 1-rank ZeRO-3 start;
+tests/train/initial_weights_probe.py records each run's gathered initial weights before training.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-PROBE = Path(__file__).with_name("initial_weights_probe.py")
 STAGES = ("zero1", "zero2", "zero3")
-GOLDEN_STEPS = 20  # 4 autoencoder steps with the decoder frozen, then 16 VAE steps
+GOLDEN_STEPS = 20  # golden_runs (tests/train/conftest.py): 4 steps with the decoder frozen, then 16
 RELATIVE_TOLERANCE = 1e-5
 
 
-def _probe_config(directory: Path, stage: str, data_overrides: list[str]) -> Path:
-    from seq2vae.config import save_config
-    from seq2vae.train.config import load_train_config
-
-    # fp32 (the debug config's precision) and DeepSpeed's torch AdamW (torch_adam in every packaged
-    # template) on every stage. Dropout and z draws agree without further settings: every stage seeds
-    # each rank's generator the same way after the engine is built and consumes it in the same order.
-    # Only the order of floating-point sums differs (ZeRO-3 reduces and norms per partition), which
-    # is why agreement is to 1e-5 and not bitwise.
-    config = load_train_config(
-        CONFIGS / "debug-zero3.yaml",
-        [
-            *data_overrides,
-            f"deepspeed={stage}",
-            f"run_dir={directory / 'run'}",
-            f"phases.1.steps={GOLDEN_STEPS - 4}",
-            "checkpoint.every_steps=1000",
-            "validation.every_steps=0",
-            "validation.max_batches=1",
-            "resume=never",
-        ],
-    )
-    path = directory / "config.yaml"
-    save_config(config, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def stage_starts(data_overrides, launch, tmp_path_factory) -> dict[str, Path]:
-    """Probe output directory per run: the three 2-rank stages and "zero3-1rank" (start only)."""
-    root = tmp_path_factory.mktemp("initial-weights")
-    outputs = {}
-    for stage in STAGES:
-        out = root / stage
-        out.mkdir()
-        done = launch.run([str(PROBE), str(_probe_config(out, stage, data_overrides)), str(out)])
-        assert done.returncode == 0, launch.tail(done)
-        outputs[stage] = out
-    single = root / "zero3-1rank"
-    single.mkdir()
-    done = launch.run([str(PROBE), str(_probe_config(single, "zero3", data_overrides)), str(single), "--no-train"], nproc=1)
-    assert done.returncode == 0, launch.tail(done)
-    outputs["zero3-1rank"] = single
-    return outputs
-
-
-def test_initial_weights_are_bit_identical_across_stages_and_world_sizes(stage_starts):
-    reference = load_file(stage_starts["zero2"] / "initial.safetensors")
+def test_initial_weights_are_bit_identical_across_stages_and_world_sizes(golden_runs):
+    reference = load_file(golden_runs["zero2"] / "initial.safetensors")
     assert any(name.startswith("posterior.") for name in reference) and len(reference) > 40
     for other in ("zero1", "zero3", "zero3-1rank"):
-        weights = load_file(stage_starts[other] / "initial.safetensors")
+        weights = load_file(golden_runs[other] / "initial.safetensors")
         assert weights.keys() == reference.keys(), other
         differing = [name for name in reference if not torch.equal(weights[name], reference[name])]
         assert not differing, f"{other} starts from other weights than zero2: {differing[:5]}"
 
 
-def test_golden_loss_agrees_across_zero_stages_at_every_step(stage_starts, launch):
-    runs = {stage: launch.metrics(stage_starts[stage] / "run") for stage in STAGES}
+def test_golden_loss_agrees_across_zero_stages_at_every_step(golden_runs, launch):
+    runs = {stage: launch.metrics(golden_runs[stage] / "run") for stage in STAGES}
     for stage, metrics in runs.items():
         assert [m["step"] for m in metrics] == list(range(1, GOLDEN_STEPS + 1)), stage
     losses = [m["train/loss"] for m in runs["zero2"]]
@@ -90,11 +41,11 @@ def test_golden_loss_agrees_across_zero_stages_at_every_step(stage_starts, launc
                 assert relative < RELATIVE_TOLERANCE, (stage, expected["step"], key, expected[key], got[key])
 
 
-def test_phase_switch_is_inside_the_golden_run(stage_starts):
+def test_phase_switch_is_inside_the_golden_run(golden_runs):
     """Phase 1 froze the decoder, phase 2 trained it: the comparison covers the switch."""
-    config = (stage_starts["zero3"] / "config.yaml").read_text()
+    config = (golden_runs["zero3"] / "config.yaml").read_text()
     assert "decoder" in config
-    phases = [json.loads(line) for line in (stage_starts["zero3"] / "run" / "metrics.jsonl").read_text().splitlines()]
+    phases = [json.loads(line) for line in (golden_runs["zero3"] / "run" / "metrics.jsonl").read_text().splitlines()]
     betas = [m["train/beta"] for m in phases]
     assert set(betas[:4]) == {0.0} and max(betas[4:]) > 0.0
 
