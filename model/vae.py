@@ -313,7 +313,7 @@ class Seq2SeqVAE(nn.Module):
         """The VAE's own parameters (everything outside the backbone)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, max_shard_size: str | int = "5GB") -> Path:
         """Writes backbone weights, VAE heads, vae_config.json and tokenizer into one directory.
 
         Safetensors only (loading never unpickles). Written to a temporary sibling and renamed, so an
@@ -323,7 +323,8 @@ class Seq2SeqVAE(nn.Module):
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
-            self.backbone.save_pretrained(staging / BACKBONE_SUBDIR, safe_serialization=True)
+            # Larger backbones are split into shards of at most max_shard_size plus an index json.
+            self.backbone.save_pretrained(staging / BACKBONE_SUBDIR, safe_serialization=True, max_shard_size=max_shard_size)
             if not (staging / BACKBONE_SUBDIR / "config.json").is_file():
                 # transformers 5 writes nothing on a rank other than 0 once torch.distributed is up.
                 raise RuntimeError(
