@@ -30,6 +30,12 @@ class VAEConfig:
     )
     memory_states: int = doc(1, "number M of pseudo-encoder states z is projected to (memory injection)")
     gradient_checkpointing: bool = doc(False, "recompute backbone activations in backward to save memory")
+    init_from: str | None = doc(
+        None,
+        "start training from these weights instead of the backbone's: a model directory (`seq2vae export` "
+        "output) or a run directory (its latest checkpoint); optimizer, data order and step start fresh. "
+        "Its backbone, latent_dim, pooling, injection and memory_states must equal this config's",
+    )
 
     def __post_init__(self) -> None:
         if self.latent_dim < 1:

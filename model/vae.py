@@ -42,6 +42,21 @@ CONFIG_FILE = "vae_config.json"
 PARAMETER_GROUPS = ("embeddings", "encoder", "decoder", "posterior", "latent")
 
 
+# Formats torch / transformers would read with pickle; a model directory must not contain them.
+PICKLED_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def refuse_pickled_weights(directory: Path) -> None:
+    """Raises ValueError naming any pickle-format weight file in a model directory (or its backbone)."""
+    for folder in (directory, directory / BACKBONE_SUBDIR):
+        pickled = sorted(p.name for p in folder.glob("*") if p.name.endswith(PICKLED_WEIGHT_SUFFIXES)) if folder.is_dir() else []
+        if pickled:
+            raise ValueError(
+                f"{folder} contains {', '.join(pickled)}: pickle-format weights are refused because loading "
+                "them can run code; seq2vae model directories hold safetensors only (re-export the model)"
+            )
+
+
 @dataclass
 class VAEOutput:
     recon_nll: torch.Tensor  # [B] -log p(x|z), summed over target tokens (EOS included, padding excluded)
@@ -298,7 +313,7 @@ class Seq2SeqVAE(nn.Module):
         """The VAE's own parameters (everything outside the backbone)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, max_shard_size: str | int = "5GB") -> Path:
         """Writes backbone weights, VAE heads, vae_config.json and tokenizer into one directory.
 
         Safetensors only (loading never unpickles). Written to a temporary sibling and renamed, so an
@@ -308,7 +323,8 @@ class Seq2SeqVAE(nn.Module):
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
-            self.backbone.save_pretrained(staging / BACKBONE_SUBDIR, safe_serialization=True)
+            # Larger backbones are split into shards of at most max_shard_size plus an index json.
+            self.backbone.save_pretrained(staging / BACKBONE_SUBDIR, safe_serialization=True, max_shard_size=max_shard_size)
             if not (staging / BACKBONE_SUBDIR / "config.json").is_file():
                 # transformers 5 writes nothing on a rank other than 0 once torch.distributed is up.
                 raise RuntimeError(
@@ -330,7 +346,7 @@ class Seq2SeqVAE(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **backbone_kwargs) -> "Seq2SeqVAE":
-        """Loads a directory written by `save_pretrained`."""
+        """Loads a directory written by `save_pretrained`; never unpickles (pickle-format weights are refused)."""
         directory = Path(directory)
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
@@ -339,7 +355,10 @@ class Seq2SeqVAE(nn.Module):
         if record.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{config_path}: unsupported format_version {record.get('format_version')!r}")
         config = VAEConfig.from_dict(record["vae"], source=str(config_path))
-        backbone = AutoModelForSeq2SeqLM.from_pretrained(directory / BACKBONE_SUBDIR, **backbone_kwargs)
+        refuse_pickled_weights(directory)
+        backbone = AutoModelForSeq2SeqLM.from_pretrained(
+            directory / BACKBONE_SUBDIR, **{"use_safetensors": True, **backbone_kwargs}
+        )
         tokenizer = AutoTokenizer.from_pretrained(directory) if (directory / "tokenizer_config.json").exists() else None
         vae = cls(backbone, config, tokenizer)
         heads = load_file(directory / HEADS_FILE)

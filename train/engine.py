@@ -21,6 +21,8 @@ from .config import TrainConfig, gradient_accumulation_steps
 from .distributed import World
 from .ds_config import load_ds_template, resolve_ds_config
 from .freezing import optimizer_param_groups, skip_frozen_groups
+from .init_from import load_init_weights, resolve_init_from
+from .initial_weights import has_random_backbone, initialise, reference_backbone_weights
 
 
 @dataclass
@@ -62,11 +64,16 @@ def build_engine(config: TrainConfig, world: World, ds_config_path: Path | None 
     """
     import deepspeed
 
+    # Validated before anything is built: a wrong directory should not wait for a backbone to load.
+    init_source = resolve_init_from(config.model) if config.model.init_from else None
     ds_config = resolved_ds_config(config, world.size, backbone_width(config.model))
     if ds_config_path is not None and world.is_main:
         ds_config_path.write_text(json.dumps(ds_config, indent=2) + "\n")
     zero_stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
-    torch.manual_seed(config.seed)  # identical initialisation on every rank
+    torch.manual_seed(config.seed)
+    # Built before any ZeRO-3 context: the partition-independent source of a random backbone's weights.
+    random_start = init_source is None and has_random_backbone(config.model)
+    reference = reference_backbone_weights(config.model, config.seed) if random_start else None
     hf_ds_config = None
     construction = contextlib.nullcontext()
     if zero_stage == 3:
@@ -75,7 +82,13 @@ def build_engine(config: TrainConfig, world: World, ds_config_path: Path | None 
         hf_ds_config = HfDeepSpeedConfig(ds_config)
         construction = deepspeed.zero.Init(config_dict_or_path=ds_config)
     with construction:
-        vae = build_vae(config.model)
+        vae = build_vae(config.model, pretrained_weights=init_source is None)
+    if init_source is None:
+        # The same initial weights on every ZeRO stage and world size (see initial_weights.py).
+        initialise(vae, config.seed, zero_stage == 3, reference)
+    else:
+        load_init_weights(vae, init_source, zero_stage == 3)
+    del reference
     groups = vae.parameter_groups()
     engine, _, _, _ = deepspeed.initialize(
         model=vae, model_parameters=optimizer_param_groups(groups, config.optim.weight_decay), config=ds_config

@@ -1,10 +1,15 @@
-"""`seq2vae export RUN_DIR [--output DIR] [--checkpoint step_X]`: a run's checkpoint -> save_pretrained dir.
+"""`seq2vae export RUN_DIR [--output DIR] [--checkpoint step_X] [--dtype fp32|bf16|fp16] [--max-shard-size 5GB]`.
 
-DeepSpeed checkpoints hold ZeRO partitions (one file per rank, fp32 master weights inside the
-optimizer state). `get_fp32_state_dict_from_zero_checkpoint` stitches them back into one fp32 state
-dict, for any ZeRO stage and any number of ranks, on CPU. The result is loaded into a VAE built from
-the run's own config.yaml and written with `Seq2SeqVAE.save_pretrained` (weights, heads, config,
-tokenizer), which `Seq2SeqVAE.from_pretrained` reads without DeepSpeed.
+A run's checkpoint -> a `save_pretrained` directory that `Seq2SeqVAE.from_pretrained` reads without
+DeepSpeed. DeepSpeed checkpoints hold ZeRO partitions (one file per rank, fp32 master weights inside
+the optimizer state); `get_fp32_state_dict_from_zero_checkpoint` stitches them into one fp32 state
+dict, for any ZeRO stage and number of ranks, on CPU, loading only weights (`safe_load.py`).
+
+Lean: the VAE is built from the run's config.yaml on the meta device (no random fp32 initialisation
+of the whole model) and the consolidated tensors become its parameters (`load_state_dict(assign=True)`),
+converted to the export dtype one tensor at a time. Host memory peaks near the consolidated state plus
+the exported model (bench/bench_export.py measures it). Backbones larger than --max-shard-size are
+written as several safetensors shards with an index, as transformers does.
 """
 
 from __future__ import annotations
@@ -13,17 +18,68 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..model import build_vae
+import torch
+
+from ..model import Seq2SeqVAE, build_vae
 from .checkpoint import latest_checkpoint
+from .safe_load import weights_only_loading
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def export_run(run_dir: str | Path, output_dir: str | Path, checkpoint: str | None = None) -> Path:
+def _tied_aliases(vae: Seq2SeqVAE) -> list[list[str]]:
+    """Groups of state-dict names of one tied parameter (T5's shared / embed_tokens / lm_head)."""
+    names_by_id: dict[int, list[str]] = {}
+    for name, parameter in vae.named_parameters(remove_duplicate=False):
+        names_by_id.setdefault(id(parameter), []).append(name)
+    return [names for names in names_by_id.values() if len(names) > 1]
+
+
+def assemble(vae: Seq2SeqVAE, state_dict: dict[str, torch.Tensor], dtype: torch.dtype, source: str) -> Seq2SeqVAE:
+    """Makes the consolidated tensors the parameters of a meta-device `vae`, in `dtype`; re-ties tied weights.
+
+    `state_dict` is consumed (entries are replaced by their converted copies as it goes), so the fp32
+    originals can be freed one by one. Raises ValueError naming what does not match.
+    """
+    expected = set(vae.state_dict())
+    for names in _tied_aliases(vae):  # stored once in the checkpoint, needed under every name here
+        present = [name for name in names if name in state_dict]
+        for name in names:
+            if present and name not in state_dict:
+                state_dict[name] = state_dict[present[0]]
+    missing = sorted(expected - set(state_dict))
+    unexpected = sorted(set(state_dict) - expected)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {source} does not match the run's model: missing {missing}, unexpected {unexpected}")
+    converted: dict[int, torch.Tensor] = {}  # tied names share one converted tensor
+    for name in list(state_dict):
+        tensor = state_dict[name]
+        if tensor.is_floating_point() and id(tensor) not in converted:
+            converted[id(tensor)] = tensor.to(dtype)
+        state_dict[name] = converted.get(id(tensor), tensor)
+    vae.load_state_dict(state_dict, assign=True)
+    vae.backbone.tie_weights()  # assign=True gave each tied name its own Parameter: one again
+    still_meta = [name for name, tensor in vae.state_dict().items() if tensor.is_meta]
+    if still_meta:
+        raise ValueError(f"checkpoint {source}: no values for {still_meta}")
+    return vae
+
+
+def export_run(
+    run_dir: str | Path,
+    output_dir: str | Path,
+    checkpoint: str | None = None,
+    dtype: str = "fp32",
+    max_shard_size: str | int = "5GB",
+) -> Path:
     """Consolidates a (ZeRO-sharded) checkpoint of `run_dir` into a `save_pretrained` directory.
 
     Args:
         run_dir: a training run directory (config.yaml, checkpoints/).
         output_dir: where to write the model directory.
         checkpoint: a tag such as "step_00001000" under run_dir/checkpoints; None = the latest.
+        dtype: "fp32", "bf16" or "fp16": the dtype of every floating-point tensor written.
+        max_shard_size: largest backbone safetensors file ("5GB", "200MB" or bytes).
     Returns:
         the written directory.
     """
@@ -31,6 +87,8 @@ def export_run(run_dir: str | Path, output_dir: str | Path, checkpoint: str | No
 
     from .config import load_train_config
 
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r}: valid: {', '.join(DTYPES)}")
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
@@ -46,15 +104,13 @@ def export_run(run_dir: str | Path, output_dir: str | Path, checkpoint: str | No
         if not path.is_dir():
             available = ", ".join(sorted(p.name for p in checkpoints_dir.glob("step_*"))) or "none"
             raise FileNotFoundError(f"checkpoint {checkpoint!r} not found in {checkpoints_dir}; available: {available}")
-    state_dict = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints_dir), tag=path.name)
-    vae = build_vae(config.model, pretrained_weights=False).float()  # no pretrained download
-    missing, unexpected = vae.load_state_dict(state_dict, strict=False)
-    # Tied weights (T5's encoder/decoder embed_tokens are `shared`) are stored once; anything else missing is a bug.
-    tied = {name for name, _ in vae.named_parameters(remove_duplicate=False)} - {name for name, _ in vae.named_parameters()}
-    missing = [name for name in missing if name not in tied]
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not match the run's model: missing {missing}, unexpected {unexpected}")
-    return vae.save_pretrained(output_dir)
+    with weights_only_loading(path):  # DeepSpeed's loader would otherwise unpickle anything
+        state_dict = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints_dir), tag=path.name)
+    with torch.device("meta"):  # architecture only: no weights read, no random initialisation
+        vae = build_vae(config.model, pretrained_weights=False)
+    vae = assemble(vae, state_dict, DTYPES[dtype], str(path))
+    del state_dict
+    return vae.save_pretrained(output_dir, max_shard_size=max_shard_size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,11 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", help="training run directory")
     parser.add_argument("--output", help="output directory (default: RUN_DIR/export/<checkpoint>)")
     parser.add_argument("--checkpoint", help="checkpoint tag, e.g. step_00001000 (default: the latest)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="dtype of the written weights (default: %(default)s)")
+    parser.add_argument(
+        "--max-shard-size", default="5GB", help="largest backbone weights file, e.g. 5GB, 500MB (default: %(default)s)"
+    )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         tag = args.checkpoint or (latest_checkpoint(Path(args.run_dir) / "checkpoints") or Path("latest")).name
         output = Path(args.output) if args.output else Path(args.run_dir) / "export" / tag
-        written = export_run(args.run_dir, output, args.checkpoint)
+        written = export_run(args.run_dir, output, args.checkpoint, args.dtype, args.max_shard_size)
     except (FileNotFoundError, ValueError) as error:
         print(f"seq2vae export: {error}", file=sys.stderr)
         return 2

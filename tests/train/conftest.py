@@ -86,3 +86,61 @@ class Launch:
 @pytest.fixture(scope="session")
 def launch() -> type[Launch]:
     return Launch
+
+
+# ------------------------------------------------------------------------------ golden runs
+# Shared by test_initial_weights.py (stage agreement), test_safe_load.py, test_init_from.py and
+# test_export.py (real checkpoints of real runs): launched once per session.
+INITIAL_WEIGHTS_PROBE = Path(__file__).with_name("initial_weights_probe.py")
+GOLDEN_STAGES = ("zero1", "zero2", "zero3")
+GOLDEN_STEPS = 20
+
+
+def _probe_config(directory: Path, stage: str, data_overrides: list[str]) -> Path:
+    from seq2vae.config import save_config
+    from seq2vae.train.config import load_train_config
+
+    # fp32 (the debug config's precision) and DeepSpeed's torch AdamW (torch_adam in every packaged
+    # template) on every stage. Dropout and z draws agree without further settings: every stage seeds
+    # each rank's generator the same way after the engine is built and consumes it in the same order.
+    # Only the order of floating-point sums differs (ZeRO-3 reduces and norms per partition), which
+    # is why agreement is to 1e-5 and not bitwise.
+    config = load_train_config(
+        CONFIGS / "debug-zero3.yaml",
+        [
+            *data_overrides,
+            f"deepspeed={stage}",
+            f"run_dir={directory / 'run'}",
+            f"phases.1.steps={GOLDEN_STEPS - 4}",
+            "checkpoint.every_steps=1000",
+            "validation.every_steps=0",
+            "validation.max_batches=1",
+            "resume=never",
+        ],
+    )
+    path = directory / "config.yaml"
+    save_config(config, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def golden_runs(data_overrides, tmp_path_factory) -> dict[str, Path]:
+    """Probe output directory per run: the three 2-rank stages and "zero3-1rank" (start only).
+
+    Each directory holds config.yaml and initial.safetensors (the gathered initial weights); a stage's
+    DIR/run is a complete run directory (metrics.jsonl, checkpoints at steps 4 and 20).
+    """
+    root = tmp_path_factory.mktemp("initial-weights")
+    outputs = {}
+    for stage in GOLDEN_STAGES:
+        out = root / stage
+        out.mkdir()
+        done = torchrun([str(INITIAL_WEIGHTS_PROBE), str(_probe_config(out, stage, data_overrides)), str(out)])
+        assert done.returncode == 0, tail(done)
+        outputs[stage] = out
+    single = root / "zero3-1rank"
+    single.mkdir()
+    done = torchrun([str(INITIAL_WEIGHTS_PROBE), str(_probe_config(single, "zero3", data_overrides)), str(single), "--no-train"], nproc=1)
+    assert done.returncode == 0, tail(done)
+    outputs["zero3-1rank"] = single
+    return outputs
