@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ..errors import UserError
 from .sources import InputError, InputFormat, InputStats, Record, detect_format, read_records
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ TOKENIZE_CHUNK = 512  # records per tokenisation task: large enough to amortise 
 REQUIRED_META_KEYS = ("format", "version", "tokenizer", "max_length", "splits", "counts", "settings_checksum")
 
 
-class MetaError(ValueError):
+class MetaError(UserError, ValueError):
     """A missing, unreadable or inconsistent meta.json; names the file."""
 
 

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from ..errors import UserError
+
 logger = logging.getLogger(__name__)
 
 InputFormat = Literal["auto", "text", "jsonl", "hf"]
@@ -24,7 +26,7 @@ FILE_SUFFIXES = JSONL_SUFFIXES + (".txt", ".text", ".csv", ".tsv")
 MAX_LOGGED_SKIPS = 50  # per reason; the counts in meta.json stay exact beyond that
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """Bad input under --strict, or an input that cannot be read at all; names the file and line."""
 
 

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
+
 logger = logging.getLogger(__name__)
 
 TOKENIZE_CHUNK = 1000  # texts per tokenizer call
 
 
-class EvalDataError(ValueError):
+class EvalDataError(UserError, ValueError):
     """An evaluation input that cannot be read; the message names the path."""
 
 
