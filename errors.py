@@ -69,18 +69,40 @@ def deliver_user_errors(command: str, function: Callable[[list[str]], int | None
         return USER_ERROR_EXIT_CODE
 
 
-# (category, module regex) of third-party warnings that fire on every call of a hot function.
-# DeepSpeed's ZeRO-3 hooks call deprecated torch APIs per parameter and step: a 2-rank job of 130
-# steps logged about 9,000 identical FutureWarning lines. One of each is enough to know.
+# (category, path fragment of the file a warning is attributed to) of third-party warnings that fire on
+# every call of a hot function: DeepSpeed's ZeRO-3 calls deprecated torch.distributed collectives per
+# parameter bucket and step, and a 2-rank job of 130 steps logged about 9,000 identical lines.
 KNOWN_NOISY_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
-    (FutureWarning, r"deepspeed(\.|$)"),
-    (FutureWarning, r"torch(\.|$)"),
-    (DeprecationWarning, r"deepspeed(\.|$)"),
-    (UserWarning, r"torch\.distributed(\.|$)"),
+    (FutureWarning, "/torch/"),
+    (FutureWarning, "/deepspeed/"),
+    (DeprecationWarning, "/deepspeed/"),
+    (UserWarning, "/torch/distributed/"),
 )
 
 
 def quiet_known_warnings() -> None:
-    """Shows each known third-party deprecation warning once per process, not once per call."""
-    for category, module in KNOWN_NOISY_WARNINGS:
-        warnings.filterwarnings("once", category=category, module=module)
+    """Shows each known third-party deprecation warning once per process, not once per call.
+
+    A "once" filter alone is not enough: Python keeps "once" in the warning module's registry, which
+    is cleared whenever the filters change, and DeepSpeed's CPU accelerator runs `numactl` through
+    subprocess (whose os.get_exec_path enters warnings.catch_warnings) dozens of times per step. So
+    the "once" filters are backed by a record of the (category, message) pairs already shown.
+    """
+    for category, _ in KNOWN_NOISY_WARNINGS:
+        warnings.filterwarnings("once", category=category, module=r"(torch|deepspeed)(\.|$)")
+    if getattr(warnings.showwarning, "_seq2vae_once", False):
+        return
+    shown: set[tuple[type[Warning], str]] = set()
+    show = warnings.showwarning
+
+    def show_known_once(message, category, filename, lineno, file=None, line=None):
+        path = str(filename).replace("\\", "/")
+        if any(issubclass(category, known) and fragment in path for known, fragment in KNOWN_NOISY_WARNINGS):
+            key = (category, str(message))
+            if key in shown:
+                return
+            shown.add(key)
+        show(message, category, filename, lineno, file, line)
+
+    show_known_once._seq2vae_once = True
+    warnings.showwarning = show_known_once
