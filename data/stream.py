@@ -664,3 +664,15 @@ def check_tokenizer(meta: dict[str, Any] | str | os.PathLike, tokenizer, user: s
             f"the shards in {meta.get('location', 'meta.json')} were tokenised with {shards.get('name')!r}, which differs "
             f"from {ours} {name!r} ({details}); re-shard with `seq2vae shard --tokenizer {name}` or {fix}"
         )
+
+
+def check_vocabulary_fits(meta: dict[str, Any], embedding_size: int, model: str) -> None:
+    """TokenizerMismatchError unless the shards' ids (< their tokenizer's vocab_size, checked as samples
+    are decoded) all index the model's embedding table of `embedding_size` rows."""
+    vocab_size = int(meta["tokenizer"]["vocab_size"])
+    if vocab_size > embedding_size:
+        raise TokenizerMismatchError(
+            f"the shards in {meta.get('location', 'meta.json')} use a vocabulary of {vocab_size} tokens "
+            f"({meta['tokenizer'].get('name')!r}), more than the {embedding_size} embeddings of {model}: "
+            "re-shard with the model's tokenizer"
+        )

@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 samples, data_info = load_samples(
                     args.data, vae.tokenizer, split=args.split, max_sentences=args.max_sentences,
                     max_length=args.max_length, text_field=args.text_field,
+                    embedding_size=vae.backbone.get_input_embeddings().num_embeddings,
                 )
                 if not samples:
                     print(f"seq2vae eval: no sentences to evaluate in {args.data} ({_describe_skips(data_info)})", file=sys.stderr)
@@ -108,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                 logger.info("evaluating %d sentences from %s with K=%d", len(samples), args.data, config.iw_samples)
                 result = evaluate(vae, samples, config)
         except (EvalDataError, FileNotFoundError, ValueError, ShardError) as error:
-            print(f"seq2vae eval: {error}", file=sys.stderr)
-            return 1
+            if rank == 0:  # every rank meets the same input: one message, exit code 2 (seq2vae.errors)
+                print(f"seq2vae eval: error: {error}", file=sys.stderr)
+            return 2
         if rank != 0:
             return 0
         record = {

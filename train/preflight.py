@@ -43,7 +43,7 @@ def check_before_run(config: TrainConfig, world_size: int) -> dict[str, Any]:
     the shards' vocabulary against the backbone's embedding size, the backbone's weight files, and the
     resume target.
     """
-    from ..data.stream import check_tokenizer, load_source_meta, open_source
+    from ..data.stream import check_tokenizer, check_vocabulary_fits, load_source_meta, open_source
     from .engine import resolved_ds_config
 
     gradient_accumulation_steps(config.data, world_size)
@@ -62,17 +62,6 @@ def check_before_run(config: TrainConfig, world_size: int) -> dict[str, Any]:
         load_source_meta(config.data.valid)
     _check_resume(config)
     return meta
-
-
-def check_vocabulary_fits(meta: dict[str, Any], embedding_size: int, model: str) -> None:
-    """The shards' token ids (< their tokenizer's vocab_size) must index the model's embedding."""
-    vocab_size = int(meta["tokenizer"]["vocab_size"])
-    if vocab_size > embedding_size:
-        raise ModelFilesError(
-            f"the shards in {meta.get('location', 'meta.json')} use a vocabulary of {vocab_size} tokens "
-            f"({meta['tokenizer'].get('name')!r}), more than the {embedding_size} embeddings of {model}: "
-            "re-shard with the model's tokenizer"
-        )
 
 
 def _check_backbone_files(backbone: str) -> None:
