@@ -260,7 +260,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     for text in overrides:
         path_parts, value = parse_override(text)
         _set_path(tree, path_parts, value, cls, text)
-        source = f"{source} + command line"
+    if overrides:
+        source = f"{source} + command line"  # once, however many overrides
     return build_from_dict(cls, tree, "", source)
 
 

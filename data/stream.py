@@ -183,7 +183,35 @@ def iter_shard(shard: Shard, start: int = 0, stop: int | None = None) -> Iterato
             except Exception:  # a pipe closed early reports its command's status; the data read was complete
                 pass
     if count < stop:
+        # tarfile's stream reader ends quietly at a damaged header after the first, so a short count
+        # is either a damaged header or a cut-off file; a local shard's headers tell which.
+        damage = damaged_tar_header(shard.url)
+        if damage:
+            raise ShardError(f"corrupt shard {shard.url}: {damage} ({count} of {shard.num_samples} samples readable)")
         raise ShardError(f"truncated shard {shard.url}: {count} samples, meta.json says {shard.num_samples}")
+
+
+def damaged_tar_header(url: str) -> str | None:
+    """"bad tar header at byte N" when a local tar file holds a header that does not parse, else None
+    (remote shards, and files that simply end early: truncated, not corrupt)."""
+    import tarfile
+
+    if "://" in url or url.startswith("pipe:") or not os.path.isfile(url):
+        return None
+    size = os.path.getsize(url)
+    with open(url, "rb") as stream:
+        offset = 0
+        while offset + 512 <= size:
+            stream.seek(offset)
+            block = stream.read(512)
+            if block == bytes(512):
+                return None  # the end-of-archive marker: the headers before it were all sound
+            try:
+                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            except tarfile.HeaderError as error:
+                return f"bad tar header at byte {offset} ({error})"
+            offset += 512 + -(-info.size // 512) * 512
+    return None
 
 
 def read_split(source: str | os.PathLike | Sequence[str], split: str = "valid") -> Iterator[dict[str, Any]]:

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.stream import ShardError
+from ..errors import report
 from .data import EvalDataError, load_samples
 from .distributed import any_rank
 from .harness import CONVENTIONS, EvalConfig, evaluate
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             num_interpolations=args.interpolations,
         )
     except ValueError as error:
-        print(f"seq2vae eval: {error}", file=sys.stderr)
+        report("eval", error)  # once, from rank 0: under torchrun every rank meets the same arguments
         return 2
     with _process_group(args.device) as device:
         rank = dist.get_rank() if dist.is_initialized() else 0
