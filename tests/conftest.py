@@ -58,19 +58,27 @@ def free_port() -> int:
     return pick_free_port()
 
 
-def _copy_with_out_of_range_id(shard_dir: Path, destination: Path, shard_name: str, sample_index: int, token_id: int) -> str:
-    """Copies a shard directory, then rewrites one sample of `shard_name` so one of its ids is `token_id`
-    (a well-formed int32 .npy: only the vocabulary check can catch it). Returns the sample's key."""
-    import io
+def _copy_with_out_of_range_id(
+    shard_dir: Path, destination: Path, shard_name: str | list[str], sample_index: int, token_id: int
+) -> str:
+    """Copies a shard directory, then rewrites sample `sample_index` of `shard_name` (or of each shard in
+    a list) so one of its ids is `token_id` (a well-formed int32 .npy: only the vocabulary check can
+    catch it). Returns the (first) rewritten sample's key."""
     import shutil
+
+    shutil.copytree(shard_dir, destination)
+    names = [shard_name] if isinstance(shard_name, str) else shard_name
+    return [_rewrite_ids(destination / name, sample_index, token_id) for name in names][0]
+
+
+def _rewrite_ids(path: Path, sample_index: int, token_id: int) -> str:
+    import io
     import tarfile
 
     import numpy as np
 
     from seq2vae.data.shards import encode_ids
 
-    shutil.copytree(shard_dir, destination)
-    path = destination / shard_name
     members = []
     with tarfile.open(path) as archive:
         for member in archive.getmembers():

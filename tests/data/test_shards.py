@@ -73,7 +73,7 @@ def test_strict_stops_at_the_bad_line_and_writes_no_meta(tmp_path, tokenizer_dir
     path.write_bytes(content)
     with pytest.raises(InputError, match=f"{path}:2: .*{reason}"):
         write_shards([str(path)], tmp_path / "out", str(tokenizer_dir), strict=True, progress=False)
-    assert "meta.json" not in shard_files(tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # no meta.json, and no empty directory the failed run created
 
 
 def test_interrupted_run_leaves_only_complete_shards_and_no_meta(tmp_path, tokenizer_dir):
@@ -173,9 +173,9 @@ def test_cli_writes_shards_and_reports_errors(tmp_path, tokenizer_dir):
     meta = load_meta(tmp_path / "out")
     assert [s["num_samples"] for s in meta["splits"]["train"]["shards"]] == [4, 4, 4, 3]
     again = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
-    assert again.returncode == 1 and "already holds shards" in again.stderr
+    assert again.returncode == 2 and "already holds shards" in again.stderr
     missing = subprocess.run(command[:4] + [str(tmp_path / "nope.txt")] + command[5:], capture_output=True, text=True, timeout=120, env=env)
-    assert missing.returncode == 1 and "nope.txt" in missing.stderr
+    assert missing.returncode == 2 and "nope.txt" in missing.stderr
 
 
 def test_load_meta_errors_name_the_file(tmp_path):

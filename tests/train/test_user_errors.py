@@ -4,13 +4,14 @@ before the run directory is created or touched; `--debug` shows the traceback.""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-DRIVER = Path(__file__).with_name("user_error_driver.py")
+DRIVER = Path(__file__).parents[1] / "command_driver.py"
 
 
 def _train(launch, *args: str) -> subprocess.CompletedProcess:
@@ -81,3 +82,20 @@ def test_debug_shows_the_traceback(launch, data_overrides, tmp_path):
     assert completed.returncode == 2
     assert "Traceback (most recent call last)" in completed.stderr and "DeepSpeedConfigError" in completed.stderr
     assert completed.stderr.count("seq2vae train: error: ") == 1
+
+
+def test_a_corrupt_sample_stops_a_2_rank_run_with_one_message(launch, shard_dir, tokenizer_dir, tmp_path, out_of_range_copy):
+    """on_corrupt=error: whichever rank reads the bad sample, rank 0 prints its message once, every rank exits 2."""
+    shards = tmp_path / "shards"
+    out_of_range_copy(shard_dir, shards, [f"train-00000{i}.tar" for i in range(4)], 0, 5000)
+    completed = launch.run(launch.train_args(
+        launch.configs / "debug-zero2.yaml", f"data.train={shards}", f"model.tokenizer={tokenizer_dir}",
+        f"run_dir={tmp_path / 'run'}", "data.on_corrupt=error",
+    ), timeout=300)
+    errors = [line for line in completed.stderr.splitlines() if "seq2vae train: error: " in line]
+    assert completed.returncode != 0 and len(errors) == 1, launch.tail(completed)
+    assert "corrupt sample 'train_" in errors[0] and ".tar" in errors[0] and "token id 5000" in errors[0]
+    assert "exitcode  : 2" in completed.stderr  # torchrun's summary: our exit code, not a crash
+    repository = re.escape(str(launch.configs.parent))
+    assert "[rank" not in completed.stderr and not re.search(f'File "{repository}/(?!\\.venv)', completed.stderr)
+    assert launch.metrics(tmp_path / "run") == []  # stopped before its first step was logged
