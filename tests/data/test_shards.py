@@ -207,3 +207,37 @@ def test_tar_members_are_what_tarfile_writes():
             info.size, info.mtime, info.mode, info.uname, info.gname = len(sample[suffix]), 0, 0o444, "seq2vae", "seq2vae"
             tar.addfile(info, io.BytesIO(sample[suffix]))
     assert reference.getvalue().startswith(tar_members(sample))
+
+
+def test_field_messages_say_what_is_wrong(tmp_path, tokenizer_dir, caplog):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join([json.dumps({"text": 17}), json.dumps({}), json.dumps({"body": "x"}), json.dumps({"text": GOOD[0]})]) + "\n")
+    with caplog.at_level(logging.WARNING):
+        write_shards([str(path)], tmp_path / "out", str(tokenizer_dir), progress=False)
+    assert f"{path}:1: field 'text' holds a int, not a string" in caplog.text
+    assert f"{path}:2: lacks field 'text': the object is empty" in caplog.text
+    assert f"{path}:3: lacks field 'text'; its fields: 'body'" in caplog.text
+    assert "fields: []" not in caplog.text
+
+
+def test_a_damaged_tar_header_is_corrupt_and_a_cut_file_truncated(shard_dir, tmp_path):
+    import shutil
+
+    from seq2vae.data.stream import ShardError
+
+    import tarfile
+
+    with tarfile.open(shard_dir / "train-000000.tar") as archive:
+        middle = archive.getmembers()[30].offset  # a member header in the middle of the shard
+    for damage, expected in (("header", f"corrupt shard .*bad tar header at byte {middle}"), ("cut", "truncated shard")):
+        copy = tmp_path / damage
+        shutil.copytree(shard_dir, copy)
+        shard = copy / "train-000000.tar"
+        data = bytearray(shard.read_bytes())
+        if damage == "header":
+            data[middle + 148 : middle + 156] = b"garbage!"  # its checksum field
+        else:
+            del data[middle:]  # cut at that member boundary: a clean end, fewer samples
+        shard.write_bytes(bytes(data))
+        with pytest.raises(ShardError, match=expected):
+            list(read_split(copy, "train"))
