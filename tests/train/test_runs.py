@@ -130,7 +130,7 @@ def test_tensorboard_has_every_section_and_resume_appends_to_one_run(stage_runs)
     scalars = set(tags["scalars"])
     expected = {
         "train/loss", "train/recon", "train/kl", "train/kl_thresholded", "train/beta", "train/lr",
-        "train/grad_norm", "train/skipped_steps", "latent/active_units", "perf/tokens_per_s",
+        "train/grad_norm", "train/skipped_steps", "data/skipped_samples", "latent/active_units", "perf/tokens_per_s",
         "perf/samples_per_s", "perf/data_wait_share", "perf/step_time", "memory/max_rss_gib",
         "eval/recon_nll", "eval/kl", "eval/neg_elbo", "eval/iw_nll", "eval/mi_dataset", "eval/active_units",
     }
