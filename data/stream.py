@@ -36,7 +36,8 @@ stream restarts at the block holding its next batch: shards before it are skippe
 so a resume reads at most one shard prefix and one block, however far into the epoch it is. World size, batch size, workers, seed, shuffle buffer, bucketing and shards
 must match (ValueError naming the differences otherwise).
 
-Corrupt or truncated shards raise `ShardError` naming the shard. With `on_corrupt="skip"` the shard's
+Corrupt or truncated shards raise `ShardError` naming the shard; a sample whose token ids fall outside
+the vocabulary in meta.json is corrupt too (it would index past the model's embedding). With `on_corrupt="skip"` the shard's
 missing samples are replaced by repeats of samples the stream already read (so every rank still yields
 `batches_per_epoch` batches and no collective waits), counted in `ShardLoader.skipped` and logged.
 (After a resume, those replacement repeats may be other samples than in the uninterrupted run.)
@@ -192,8 +193,8 @@ def iter_shard(shard: Shard, start: int = 0, stop: int | None = None) -> Iterato
 
 
 def damaged_tar_header(url: str) -> str | None:
-    """"bad tar header at byte N" when a local tar file holds a header that does not parse, else None
-    (remote shards, and files that simply end early: truncated, not corrupt)."""
+    """Describes the first header of a local tar file that does not parse ("bad tar header at byte N"),
+    or None (remote shards, and files that simply end early: truncated, not corrupt)."""
     import tarfile
 
     if "://" in url or url.startswith("pipe:") or not os.path.isfile(url):
