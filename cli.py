@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from .errors import deliver_user_errors
+
 # name -> (module, function, one-line help). Each function takes the remaining argv.
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "shard": (".data.cli", "main", "tokenise a corpus into webdataset shards"),
@@ -25,6 +27,7 @@ def usage() -> str:
     lines = ["usage: seq2vae <command> [options]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
     lines += ["", "Run `seq2vae <command> --help` for a command's options."]
+    lines += ["Add --debug (or set SEQ2VAE_DEBUG=1) to see the traceback behind an error message."]
     return "\n".join(lines)
 
 
@@ -44,4 +47,5 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, function_name, _ = SUBCOMMANDS[name]
     function = getattr(importlib.import_module(module_name, __package__), function_name)
-    return int(function(rest) or 0)
+    # A user's mistake is one line on stderr and exit code 2; --debug / SEQ2VAE_DEBUG=1 shows the traceback.
+    return deliver_user_errors(name, function, rest)

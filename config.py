@@ -18,10 +18,12 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
+from .errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A user-facing configuration mistake; the message names the key and where it came from."""
 
 
@@ -258,7 +260,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     for text in overrides:
         path_parts, value = parse_override(text)
         _set_path(tree, path_parts, value, cls, text)
-        source = f"{source} + command line"
+    if overrides:
+        source = f"{source} + command line"  # once, however many overrides
     return build_from_dict(cls, tree, "", source)
 
 

@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
         )
     except (InputError, MetaError) as error:
         print(f"seq2vae shard: error: {error}", file=sys.stderr)
-        return 1
+        return 2  # the user's to fix, like every command's (seq2vae.errors)
     counts = meta["counts"]
     splits = meta["splits"]
     print(

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ..errors import UserError
 from .sources import InputError, InputFormat, InputStats, Record, detect_format, read_records
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ TOKENIZE_CHUNK = 512  # records per tokenisation task: large enough to amortise 
 REQUIRED_META_KEYS = ("format", "version", "tokenizer", "max_length", "splits", "counts", "settings_checksum")
 
 
-class MetaError(ValueError):
+class MetaError(UserError, ValueError):
     """A missing, unreadable or inconsistent meta.json; names the file."""
 
 
@@ -402,17 +403,46 @@ def write_shards(
         if (detect_format(path) if input_format == "auto" else input_format) != "hf" and not Path(path).is_file():
             raise InputError(f"input {path} does not exist")
     output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"--output {output_dir} is an existing file, not a directory")
     stale = _existing_shard_files(output_dir)
     if stale and not overwrite:
         raise InputError(
             f"{output_dir} already holds shards ({stale[0].name} ...); choose an empty directory or pass --overwrite"
         )
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
+    tokenizer = _load_tokenizer(tokenizer_name)
     if tokenizer.eos_token_id is None:
         raise InputError(f"tokenizer {tokenizer_name!r} has no EOS token; seq2vae targets must end with EOS")
+    created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write(inputs, output_dir, tokenizer, tokenizer_name, stale, valid_inputs, valid_fraction, seed,
+                      max_length, shard_size, text_field, input_format, hf_split, workers, strict, progress)
+    except BaseException:
+        if created and not any(output_dir.iterdir()):
+            output_dir.rmdir()  # a failed run leaves no empty directory that looks like a destination in use
+        raise
+
+
+def _load_tokenizer(name: str):
+    """AutoTokenizer `name`, or InputError naming it (a missing path fails at once, without hub retries)."""
+    from transformers import AutoTokenizer
+
+    path = Path(name)
+    if (path.is_absolute() or name.startswith((".", "~"))) and not path.exists():
+        raise InputError(f"--tokenizer {name} does not exist")
+    if path.is_dir() and not any(path.glob("tokenizer*")):
+        raise InputError(f"--tokenizer {name} is a directory without tokenizer files (tokenizer.json / tokenizer_config.json)")
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"--tokenizer {name}: cannot load a tokenizer: {first_line}") from None
+
+
+def _write(inputs, output_dir, tokenizer, tokenizer_name, stale, valid_inputs, valid_fraction, seed, max_length,
+           shard_size, text_field, input_format, hf_split, workers, strict, progress) -> dict[str, Any]:
+    """write_shards after its checks: the shards, then meta.json."""
     for path in stale:
         path.unlink()
 

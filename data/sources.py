@@ -12,9 +12,12 @@ import dataclasses
 import gzip
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
+
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +27,7 @@ FILE_SUFFIXES = JSONL_SUFFIXES + (".txt", ".text", ".csv", ".tsv")
 MAX_LOGGED_SKIPS = 50  # per reason; the counts in meta.json stay exact beyond that
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """Bad input under --strict, or an input that cannot be read at all; names the file and line."""
 
 
@@ -56,15 +59,25 @@ class InputStats:
             logger.warning("further '%s' skips are counted but not logged", reason)
 
 
+# A hub dataset name: "owner/name" (no leading "/", ".", "~"); anything else that does not exist is a missing file.
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+SAVED_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
 def detect_format(path: str) -> str:
-    """text / jsonl by extension (after an optional .gz), hf for a directory or a name that is no file."""
+    """text / jsonl by extension (after an optional .gz), hf for a saved dataset directory or a hub name."""
     candidate = Path(path)
     if candidate.is_dir():
+        if not any((candidate / name).is_file() for name in SAVED_DATASET_FILES):
+            raise InputError(
+                f"input {path} is a directory but not a saved Hugging Face dataset (none of "
+                f"{', '.join(SAVED_DATASET_FILES)}); pass its text / JSONL files instead"
+            )
         return "hf"
     name = candidate.name.lower().removesuffix(".gz")
     if not candidate.exists():
-        if name.endswith(FILE_SUFFIXES) or path.endswith(".gz"):
-            raise InputError(f"input {path} does not exist")
+        if name.endswith(FILE_SUFFIXES) or path.endswith(".gz") or not HUB_NAME.fullmatch(path):
+            raise InputError(f"input {path} does not exist (neither a file, a directory nor a hub dataset name owner/name)")
         return "hf"  # a hub dataset name such as "user/corpus"
     return "jsonl" if name.endswith(JSONL_SUFFIXES) else "text"
 
@@ -123,8 +136,13 @@ def _record_from(example: dict[str, Any], text_field: str, location: str, stats:
     """The example's text and its other fields as metadata, or None (counted) when the text is missing or empty."""
     text = example.pop(text_field, None)
     if not isinstance(text, str):
-        why = "lacks" if text is None else f"has a non-string ({type(text).__name__})"
-        stats.skip("missing_field", location, f"{why} field {text_field!r}; fields: {sorted(example)}", strict)
+        if text is not None:  # the field is there, so the other fields are no help
+            detail = f"field {text_field!r} holds a {type(text).__name__}, not a string"
+        elif example:
+            detail = f"lacks field {text_field!r}; its fields: {', '.join(map(repr, sorted(example)))} (choose one with --text-field)"
+        else:
+            detail = f"lacks field {text_field!r}: the object is empty"
+        stats.skip("missing_field", location, detail, strict)
         return None
     if not text.strip():
         stats.skip("empty", location, f"empty field {text_field!r}", strict)

@@ -37,7 +37,8 @@ stream restarts at the block holding its next batch: shards before it are skippe
 so a resume reads at most one shard prefix and one block, however far into the epoch it is. World size, batch size, workers, seed, shuffle buffer, bucketing and shards
 must match (ValueError naming the differences otherwise).
 
-Corrupt or truncated shards raise `ShardError` naming the shard. With `on_corrupt="skip"` the shard's
+Corrupt or truncated shards raise `ShardError` naming the shard; a sample whose token ids fall outside
+the vocabulary in meta.json is corrupt too (it would index past the model's embedding). With `on_corrupt="skip"` the shard's
 missing samples are replaced by repeats of samples the stream already read (so every rank still yields
 `batches_per_epoch` batches and no collective waits), counted in `ShardLoader.skipped` and logged.
 (After a resume, those replacement repeats may be other samples than in the uninterrupted run.)
@@ -58,6 +59,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..errors import UserError
 from .collate import collate_numpy
 from .shards import META_FILENAME, MetaError, decode_ids, decode_sample, load_meta, split_shards
 
@@ -70,11 +72,15 @@ REFILL_POOL = 1024
 WORKER_TIMEOUT_S = 600  # samples kept per stream to replace a skipped corrupt shard's samples
 
 
-class ShardError(RuntimeError):
+class ShardError(UserError, RuntimeError):
     """A corrupt, truncated or unreadable shard; the message names it."""
 
 
-class TokenizerMismatchError(ValueError):
+class LoaderStateError(UserError, ValueError):
+    """A saved data-loader position that does not fit the current data or loader settings."""
+
+
+class TokenizerMismatchError(UserError, ValueError):
     """The shards were tokenised with a different tokenizer than the training configuration's."""
 
 
@@ -179,16 +185,47 @@ def iter_shard(shard: Shard, start: int = 0, stop: int | None = None) -> Iterato
             except Exception:  # a pipe closed early reports its command's status; the data read was complete
                 pass
     if count < stop:
+        # tarfile's stream reader ends quietly at a damaged header after the first, so a short count
+        # is either a damaged header or a cut-off file; a local shard's headers tell which.
+        damage = damaged_tar_header(shard.url)
+        if damage:
+            raise ShardError(f"corrupt shard {shard.url}: {damage} ({count} of {shard.num_samples} samples readable)")
         raise ShardError(f"truncated shard {shard.url}: {count} samples, meta.json says {shard.num_samples}")
+
+
+def damaged_tar_header(url: str) -> str | None:
+    """Describes the first header of a local tar file that does not parse ("bad tar header at byte N"),
+    or None (remote shards, and files that simply end early: truncated, not corrupt)."""
+    import tarfile
+
+    if "://" in url or url.startswith("pipe:") or not os.path.isfile(url):
+        return None
+    size = os.path.getsize(url)
+    with open(url, "rb") as stream:
+        offset = 0
+        while offset + 512 <= size:
+            stream.seek(offset)
+            block = stream.read(512)
+            if block == bytes(512):
+                return None  # the end-of-archive marker: the headers before it were all sound
+            try:
+                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            except tarfile.HeaderError as error:
+                return f"bad tar header at byte {offset} ({error})"
+            offset += 512 + -(-info.size // 512) * 512
+    return None
 
 
 def read_split(source: str | os.PathLike | Sequence[str], split: str = "valid") -> Iterator[dict[str, Any]]:
     """Yields `{"key", "input_ids" (np.int32 [S]), "text", "meta"}` for every sample of `split`, in order."""
-    _, shards = open_source(source, split)
+    meta, shards = open_source(source, split)
+    vocab_size = meta["tokenizer"].get("vocab_size")
     for shard in shards:
         for raw in iter_shard(shard):
             try:
-                yield decode_sample(raw)
+                sample = decode_sample(raw)
+                check_id_range(sample["input_ids"], vocab_size)
+                yield sample
             except ValueError as error:
                 raise ShardError(f"corrupt sample {raw.get('__key__')!r} in shard {shard.url}: {error}") from None
 
@@ -263,18 +300,31 @@ class _SkipLog:
         return events
 
 
-def _decoded(raw: dict[str, Any], shard: Shard) -> dict[str, Any]:
+def _decoded(raw: dict[str, Any], shard: Shard, vocab_size: int | None) -> dict[str, Any]:
     """The raw sample with its ids decoded ("input_ids"); ShardError naming the sample and shard if it is bad."""
     try:
         raw["input_ids"] = decode_ids(raw["input_ids.npy"])
+        check_id_range(raw["input_ids"], vocab_size)
     except (KeyError, ValueError) as error:
         problem = "no input_ids.npy" if isinstance(error, KeyError) else str(error)
         raise ShardError(f"corrupt sample {raw.get('__key__')!r} in shard {shard.url}: {problem}") from None
     return raw
 
 
+def check_id_range(input_ids: np.ndarray, vocab_size: int | None) -> None:
+    """ValueError unless every id indexes the vocabulary of `vocab_size` tokens (meta.json's tokenizer).
+
+    An id outside it would index past the embedding table, deep inside the model's forward pass."""
+    if vocab_size is None or input_ids.size == 0:
+        return
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(f"token id {bad} is outside the vocabulary of {vocab_size} tokens (meta.json)")
+
+
 def _read_range(
-    order: Sequence[Shard], start: int, stop: int, on_corrupt: OnCorrupt, skip_log: _SkipLog
+    order: Sequence[Shard], start: int, stop: int, on_corrupt: OnCorrupt, skip_log: _SkipLog, vocab_size: int | None = None
 ) -> Iterator[dict[str, Any]]:
     """Samples [start, stop) of the concatenation of `order` (ids decoded), exactly stop - start of them."""
     produced = 0
@@ -292,7 +342,7 @@ def _read_range(
             for raw in iter_shard(shard, first, last):
                 consumed += 1
                 try:
-                    sample = _decoded(raw, shard)
+                    sample = _decoded(raw, shard, vocab_size)
                 except ShardError as error:
                     if on_corrupt == "error":
                         raise
@@ -349,6 +399,7 @@ class _StreamSettings:
     length_bucketing: bool
     on_corrupt: OnCorrupt
     with_keys: bool
+    vocab_size: int | None = None  # meta.json's tokenizer vocabulary: ids at or above it are corrupt
 
     @property
     def block_size(self) -> int:
@@ -378,7 +429,13 @@ class _BatchStream(IterableDataset):
             # which is one stream l (the rank's batches with j % width == l).
             stream = (worker - handed_before_epoch) % width
             skip = max(0, -(-(first - stream) // width))  # stream batches before the resume point
-            yield from self._epoch_batches(epoch, stream, skip)
+            try:
+                yield from self._epoch_batches(epoch, stream, skip)
+            except ShardError as error:
+                # Handed over as a value: a DataLoader worker's exception reaches the main process as
+                # the text of its whole traceback, and the user should read one line.
+                yield _Failure(str(error)), None, []
+                return
             handed_before_epoch += per_epoch
             epoch, first = epoch + 1, 0
 
@@ -391,7 +448,9 @@ class _BatchStream(IterableDataset):
         start, stop = plan.stream_range(settings.rank, stream)
         first_block = skip * batch_size // block_size
         # Shards wholly before the first needed block are skipped by their meta.json counts, unread.
-        samples = _read_range(plan.shard_order(epoch), start + first_block * block_size, stop, settings.on_corrupt, skip_log)
+        samples = _read_range(
+            plan.shard_order(epoch), start + first_block * block_size, stop, settings.on_corrupt, skip_log, settings.vocab_size
+        )
         index = first_block * (block_size // batch_size)
         for block_index in itertools.count(first_block):
             block = list(itertools.islice(samples, block_size))
@@ -412,6 +471,13 @@ class _BatchStream(IterableDataset):
 
 def _as_is(item):
     return item
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failure:
+    """A stream's ShardError, travelling to the main process in place of a batch."""
+
+    message: str
 
 
 class ShardLoader:
@@ -454,19 +520,19 @@ class ShardLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continues from `state` (restarts the workers if they were running)."""
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"data loader state version {state.get('version')!r}; expected {STATE_VERSION}")
+            raise LoaderStateError(f"data loader state version {state.get('version')!r}; expected {STATE_VERSION}")
         expected = self._fingerprint()
         different = [key for key in expected if state.get(key) != expected[key]]
         if different:
             shown = {key: (state.get(key), expected[key]) for key in different if key != "shards"}
             if "shards" in different:
                 shown["shards"] = "the shard list or its sample counts changed"
-            raise ValueError(
+            raise LoaderStateError(
                 "cannot resume the data loader: settings differ from the saved state "
                 f"(saved, now): {shown}; an exact resume needs the same data and loader settings"
             )
         if not 0 <= state["batch"] < self.batches_per_epoch or state["epoch"] < 0:
-            raise ValueError(f"data loader state position epoch {state['epoch']} batch {state['batch']} is out of range")
+            raise LoaderStateError(f"data loader state position epoch {state['epoch']} batch {state['batch']} is out of range")
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch"])
         self.close()
 
@@ -494,6 +560,9 @@ class ShardLoader:
         if self._iterator is None:
             self._start()
         arrays, position, skipped = next(self._iterator)
+        if isinstance(arrays, _Failure):
+            self.close()
+            raise ShardError(arrays.message)
         batch = {key: torch.from_numpy(value) if isinstance(value, np.ndarray) else value for key, value in arrays.items()}
         assert position == (self.epoch, self.batch_in_epoch), f"loader order broke: got {position}, expected {(self.epoch, self.batch_in_epoch)}"
         self.skipped.extend(skipped)
@@ -573,7 +642,10 @@ def build_loader(
         )
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
-    settings = _StreamSettings(plan, rank, int(pad_token_id), shuffle_buffer, length_bucketing, on_corrupt, with_keys)
+    settings = _StreamSettings(
+        plan, rank, int(pad_token_id), shuffle_buffer, length_bucketing, on_corrupt, with_keys,
+        vocab_size=meta["tokenizer"].get("vocab_size"),
+    )
     data_loader = ShardLoader(settings, num_workers, meta, state)
     if state is None:
         data_loader.epoch = epoch
@@ -584,12 +656,13 @@ def build_loader(
 # Tokenizer check
 
 
-def check_tokenizer(meta: dict[str, Any] | str | os.PathLike, tokenizer) -> None:
+def check_tokenizer(meta: dict[str, Any] | str | os.PathLike, tokenizer, user: str = "training") -> None:
     """Raises TokenizerMismatchError when the shards were not tokenised with `tokenizer`.
 
     Args:
         meta: a dict from `load_meta`, or a shard source to load it from.
         tokenizer: a Hugging Face tokenizer, or a name/path loaded with `AutoTokenizer.from_pretrained`.
+        user: "training" (the tokenizer comes from the training config) or "evaluation" (from the model).
     """
     from .shards import tokenizer_info
 
@@ -610,9 +683,26 @@ def check_tokenizer(meta: dict[str, Any] | str | os.PathLike, tokenizer) -> None
         if key in shards and shards[key] != current[key]
     ]
     if different:
-        details = ", ".join(f"{key}: shards {shards[key]!r} vs config {current[key]!r}" for key in different)
+        ours, fix = (
+            ("the model's tokenizer", "evaluate shards written with the model's tokenizer")
+            if user == "evaluation"
+            else ("the training config's tokenizer", "set the config's tokenizer to the one the shards used")
+        )
+        label = "model" if user == "evaluation" else "config"
+        details = ", ".join(f"{key}: shards {shards[key]!r} vs {label} {current[key]!r}" for key in different)
         raise TokenizerMismatchError(
             f"the shards in {meta.get('location', 'meta.json')} were tokenised with {shards.get('name')!r}, which differs "
-            f"from the training config's tokenizer {name!r} ({details}); re-shard with `seq2vae shard --tokenizer "
-            f"{name}` or set the config's tokenizer to the one the shards used"
+            f"from {ours} {name!r} ({details}); re-shard with `seq2vae shard --tokenizer {name}` or {fix}"
+        )
+
+
+def check_vocabulary_fits(meta: dict[str, Any], embedding_size: int, model: str) -> None:
+    """TokenizerMismatchError unless the shards' ids (< their tokenizer's vocab_size, checked as samples
+    are decoded) all index the model's embedding table of `embedding_size` rows."""
+    vocab_size = int(meta["tokenizer"]["vocab_size"])
+    if vocab_size > embedding_size:
+        raise TokenizerMismatchError(
+            f"the shards in {meta.get('location', 'meta.json')} use a vocabulary of {vocab_size} tokens "
+            f"({meta['tokenizer'].get('name')!r}), more than the {embedding_size} embeddings of {model}: "
+            "re-shard with the model's tokenizer"
         )

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.stream import ShardError
+from ..errors import report
 from .data import EvalDataError, load_samples
 from .distributed import any_rank
 from .harness import CONVENTIONS, EvalConfig, evaluate
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             num_interpolations=args.interpolations,
         )
     except ValueError as error:
-        print(f"seq2vae eval: {error}", file=sys.stderr)
+        report("eval", error)  # once, from rank 0: under torchrun every rank meets the same arguments
         return 2
     with _process_group(args.device) as device:
         rank = dist.get_rank() if dist.is_initialized() else 0
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 samples, data_info = load_samples(
                     args.data, vae.tokenizer, split=args.split, max_sentences=args.max_sentences,
                     max_length=args.max_length, text_field=args.text_field,
+                    embedding_size=vae.backbone.get_input_embeddings().num_embeddings,
                 )
                 if not samples:
                     print(f"seq2vae eval: no sentences to evaluate in {args.data} ({_describe_skips(data_info)})", file=sys.stderr)
@@ -108,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                 logger.info("evaluating %d sentences from %s with K=%d", len(samples), args.data, config.iw_samples)
                 result = evaluate(vae, samples, config)
         except (EvalDataError, FileNotFoundError, ValueError, ShardError) as error:
-            print(f"seq2vae eval: {error}", file=sys.stderr)
-            return 1
+            if rank == 0:  # every rank meets the same input: one message, exit code 2 (seq2vae.errors)
+                print(f"seq2vae eval: error: {error}", file=sys.stderr)
+            return 2
         if rank != 0:
             return 0
         record = {

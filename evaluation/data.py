@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
+
 logger = logging.getLogger(__name__)
 
 TOKENIZE_CHUNK = 1000  # texts per tokenizer call
 
 
-class EvalDataError(ValueError):
+class EvalDataError(UserError, ValueError):
     """An evaluation input that cannot be read; the message names the path."""
 
 
@@ -29,14 +31,17 @@ def load_samples(
     max_sentences: int | None = None,
     max_length: int = 512,
     text_field: str = "text",
+    embedding_size: int | None = None,
 ) -> tuple[list[dict], dict]:
     """Reads up to `max_sentences` evaluation samples.
 
     Args:
         path: a shard directory (has meta.json; `split` selects its shards) or a text / JSONL file
             (optionally .gz). JSONL fields other than `text_field` become metadata (probe factors).
-        tokenizer: the model's tokenizer; required for text and JSONL files, checked against the
-            shards' tokenizer (TokenizerMismatchError, a ValueError) for shard directories.
+        tokenizer: the model's tokenizer; required, and for shard directories checked against the
+            shards' tokenizer (TokenizerMismatchError, a ValueError): without it nothing tells that the
+            shards' ids mean the words the model was trained on.
+        embedding_size: rows of the model's token embedding; shards with a larger vocabulary are refused.
         max_length: token cap for text inputs (EOS kept as the last token); shards are already capped.
     Returns:
         (samples, info): info records the source kind, and counts of skipped / truncated lines.
@@ -47,7 +52,7 @@ def load_samples(
     if path.is_dir():
         if not (path / "meta.json").is_file():
             raise EvalDataError(f"{path} is a directory without meta.json: not a seq2vae shard directory")
-        return _load_shards(path, split, max_sentences, tokenizer)
+        return _load_shards(path, split, max_sentences, tokenizer, embedding_size)
     if not path.is_file():
         raise EvalDataError(f"evaluation data {path} does not exist")
     if tokenizer is None:
@@ -55,11 +60,18 @@ def load_samples(
     return _load_text(path, tokenizer, max_sentences, max_length, text_field)
 
 
-def _load_shards(path: Path, split: str, max_sentences: int | None, tokenizer) -> tuple[list[dict], dict]:
-    from ..data.stream import check_tokenizer, read_split
+def _load_shards(path: Path, split: str, max_sentences: int | None, tokenizer, embedding_size) -> tuple[list[dict], dict]:
+    from ..data.stream import check_tokenizer, check_vocabulary_fits, load_source_meta, read_split
 
-    if tokenizer is not None:
-        check_tokenizer(str(path), tokenizer)  # ids from another vocabulary would be scored silently
+    meta = load_source_meta(str(path))
+    if tokenizer is None:
+        raise EvalDataError(
+            f"the model has no tokenizer files, so nothing shows that the shards in {path} (tokenised with "
+            f"{meta['tokenizer'].get('name')!r}) match it; save the model's tokenizer into the model directory"
+        )
+    check_tokenizer(meta, tokenizer, user="evaluation")  # ids from another vocabulary would be scored silently
+    if embedding_size is not None:
+        check_vocabulary_fits(meta, embedding_size, "the model")
     samples = []
     for sample in read_split(str(path), split):
         if max_sentences is not None and len(samples) >= max_sentences:

@@ -4,8 +4,45 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
+
+from ..errors import UserError
+
+
+class GenerateArgumentError(UserError):
+    """A `seq2vae generate` argument out of range, or a model it cannot use."""
+
+
+# flag -> (attribute, lowest valid value, whether the bound itself is valid)
+_LOWER_BOUNDS = {
+    "--sample": ("sample", 0, True),
+    "--num-beams": ("num_beams", 1, True),
+    "--steps": ("steps", 2, True),
+    "--max-new-tokens": ("max_new_tokens", 1, True),
+    "--temperature": ("temperature", 0.0, False),
+    "--top-p": ("top_p", 0.0, False),
+}
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """GenerateArgumentError naming the flag of the first value out of range."""
+    for flag, (name, bound, inclusive) in _LOWER_BOUNDS.items():
+        value = getattr(args, name)
+        if value < bound or (value == bound and not inclusive):
+            relation = ">=" if inclusive else ">"
+            raise GenerateArgumentError(f"{flag} must be {relation} {bound}, got {value}")
+    if args.top_p > 1:
+        raise GenerateArgumentError(f"--top-p must be <= 1, got {args.top_p}")
+    model = Path(args.model)
+    if not (model / "vae_config.json").is_file():
+        raise GenerateArgumentError(f"--model {model}: not a saved seq2vae model (no vae_config.json); see `seq2vae export`")
+    if not (model / "tokenizer_config.json").is_file():
+        raise GenerateArgumentError(
+            f"--model {model} has no tokenizer files (tokenizer_config.json): generate turns text into codes and "
+            "codes into text with the model's tokenizer; save it into the model directory"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +66,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if not (args.reconstruct or args.sample or args.interpolate):
         build_parser().error("nothing to do: give --reconstruct, --sample and/or --interpolate")
+    check_args(args)
     from . import Seq2SeqVAE
 
     torch.manual_seed(args.seed)

@@ -56,3 +56,48 @@ def free_port() -> int:
     from seq2vae.train.distributed import free_port as pick_free_port
 
     return pick_free_port()
+
+
+def _copy_with_out_of_range_id(
+    shard_dir: Path, destination: Path, shard_name: str | list[str], sample_index: int, token_id: int
+) -> str:
+    """Copies a shard directory, then rewrites sample `sample_index` of `shard_name` (or of each shard in
+    a list) so one of its ids is `token_id` (a well-formed int32 .npy: only the vocabulary check can
+    catch it). Returns the (first) rewritten sample's key."""
+    import shutil
+
+    shutil.copytree(shard_dir, destination)
+    names = [shard_name] if isinstance(shard_name, str) else shard_name
+    return [_rewrite_ids(destination / name, sample_index, token_id) for name in names][0]
+
+
+def _rewrite_ids(path: Path, sample_index: int, token_id: int) -> str:
+    import io
+    import tarfile
+
+    import numpy as np
+
+    from seq2vae.data.shards import encode_ids
+
+    members = []
+    with tarfile.open(path) as archive:
+        for member in archive.getmembers():
+            members.append((member, archive.extractfile(member).read()))
+    keys = sorted({member.name.split(".", 1)[0] for member, _ in members})
+    bad_key = keys[sample_index]
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as archive:
+        for member, data in members:
+            if member.name == f"{bad_key}.input_ids.npy":
+                ids = np.load(io.BytesIO(data))
+                ids[0] = token_id
+                data = encode_ids(ids)
+                member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+    return bad_key
+
+
+@pytest.fixture(scope="session")
+def out_of_range_copy():
+    """`copy(shard_dir, destination, shard_name, sample_index, token_id) -> key`: a shard directory copy
+    with one token id outside the tokenizer's vocabulary."""
+    return _copy_with_out_of_range_id

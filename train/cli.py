@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from ..config import ConfigError
+from ..errors import UserError, deliver_user_errors, is_reporting_rank
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -23,12 +23,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--config", help="training config YAML (see configs/)")
     parser.add_argument("--resume", help="auto (latest checkpoint of run_dir, if any), never, or a checkpoint path")
     parser.add_argument("--help-config", action="store_true", help="print every config key and exit")
+    parser.add_argument("--debug", action="store_true", help="show the traceback behind an error message (or SEQ2VAE_DEBUG=1)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    """A user's mistake is one line on stderr from rank 0 and exit code 2 (see seq2vae.errors)."""
+    return deliver_user_errors("train", _train, list(sys.argv[1:] if argv is None else argv))
+
+
+def _train(argv: list[str]) -> int:
+    args = parse_args(argv)
     from .config import PhaseConfig, TrainConfig, load_train_config
 
     if args.help_config:
@@ -38,17 +44,28 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(PhaseConfig, "phases.N."))
         return 0
     overrides = list(args.overrides) + ([f"resume={args.resume}"] if args.resume else [])
-    try:
-        config = load_train_config(args.config, overrides)
-    except ConfigError as error:
-        print(f"seq2vae train: {error}", file=sys.stderr)
-        return 2
+    config = load_train_config(args.config, overrides)
     from .distributed import shutdown_world
+    from .run_lock import exit_with_launcher
     from .signals import REQUEUE_EXIT_CODE
     from .trainer import run
 
-    summary = run(config)
+    exit_with_launcher()  # a rank whose torchrun was SIGKILLed stops instead of training on
+    try:
+        summary = run(config)
+    except UserError:
+        # Every rank raised at the same point (seq2vae.train.failures), so the group can go down; one
+        # left up at exit can abort the process (SIGABRT) and turn exit code 2 into a crash.
+        shutdown_world()
+        raise
     if summary["exit_code"] == REQUEUE_EXIT_CODE:
+        if is_reporting_rank():
+            # torchrun reports any non-zero exit as FAILED; this line says what the 75 means.
+            print(
+                f"seq2vae train: preempted at step {summary['final_step']}: checkpoint {summary['checkpoint']} is "
+                f"complete; exiting with {REQUEUE_EXIT_CODE} (requeue), which torchrun lists as a failure",
+                file=sys.stderr,
+            )
         # Leave at once: the first rank to exit makes torchrun SIGTERM the others, and a rank still in
         # interpreter shutdown (where Python resets signal handlers to default) would die of it instead
         # of reporting 75. The checkpoint is complete and every file is closed by now.

@@ -15,6 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from .config import OptimConfig
 
 PACKAGED_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
@@ -79,7 +80,7 @@ _BUCKET_RULES = {
 }
 
 
-class DeepSpeedConfigError(ValueError):
+class DeepSpeedConfigError(UserError, ValueError):
     """A DeepSpeed JSON mistake; the message names the file and the dotted key."""
 
 

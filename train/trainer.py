@@ -25,7 +25,7 @@ import torch
 from ..config import save_config
 from ..data.collate import collate
 from ..data.noising import apply_noise, mask_token_id_for, protected_token_ids
-from ..data.stream import build_loader, check_tokenizer, read_split
+from ..data.stream import ShardError, build_loader, read_split
 from ..evaluation.distributed import any_rank
 from ..evaluation.harness import validate
 from ..evaluation.metrics import active_units
@@ -43,6 +43,9 @@ from .distributed import World, barrier, init_world, set_collective_timeout
 from .engine import build_engine, set_learning_rate
 from .freezing import set_frozen
 from .monitor import make_monitor
+from .failures import agree_on_user_error
+from .preflight import check_before_run, world_size_from_environment
+from .run_lock import hold_run_directory
 from .schedules import beta_at, lr_at
 from .signals import REQUEUE_EXIT_CODE, StopRequest
 
@@ -110,17 +113,20 @@ def _seed_everything(seed: int) -> None:
 class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = validate_train_config(config)
+        # Every check that needs no model (shards, tokenizer, DeepSpeed JSON, resume target, ...), on
+        # every rank, before the run directory is created or touched; a mismatch should not wait for
+        # an 11B backbone to load.
+        check_before_run(config, world_size_from_environment())
         self.stop_request = StopRequest().install()
         self.world: World = init_world(config.startup_timeout_s)  # until the first step; see fit
         self.run_dir = Path(config.run_dir)
+        self.run_lock = hold_run_directory(self.run_dir, self.world)  # one run per directory
         self.checkpoints_dir = self.run_dir / "checkpoints"
         if self.world.is_main:
             self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.run_dir / "config.yaml")
             (self.run_dir / "git_revision.txt").write_text(_git_revision() + "\n")
         barrier()
-        # Before building the engine: a mismatch should not wait for an 11B backbone to load.
-        check_tokenizer(config.data.train, config.model.tokenizer or config.model.backbone)
         self.parts = build_engine(config, self.world, self.run_dir / "ds_config.json")
         self.engine = self.parts.engine
         self.accumulation = gradient_accumulation_steps(config.data, self.world.size)
@@ -199,7 +205,12 @@ class Trainer:
 
     def _next_batch(self) -> tuple[dict[str, torch.Tensor], float]:
         started = time.perf_counter()
-        batch = next(self.loader)
+        batch, error = None, None
+        try:
+            batch = next(self.loader)
+        except ShardError as corrupt:  # on_corrupt=error: the job ends with its message, on every rank
+            error = corrupt
+        agree_on_user_error(error, self.world.device)
         return batch, time.perf_counter() - started
 
     def train_step(self, phase: PhaseConfig, step_in_phase: int) -> StepResult:
@@ -281,6 +292,7 @@ class Trainer:
             **train,
             "train/lr": lr,
             "train/skipped_steps": float(self.skips.total),
+            "data/skipped_samples": float(sum(event["missing"] for event in self.loader.skipped)),
             "perf/tokens_per_s": result.num_tokens * self.world.size / result.step_time_s,
             "perf/samples_per_s": result.num_samples * self.world.size / result.step_time_s,
             "perf/data_wait_share": result.data_wait_s / result.step_time_s,
@@ -291,6 +303,7 @@ class Trainer:
             return
         averaged = self._mean_over_ranks(per_step)
         averaged["train/lr"], averaged["train/skipped_steps"] = lr, float(self.skips.total)
+        averaged["data/skipped_samples"] = round(averaged["data/skipped_samples"] * self.world.size)  # the sum
         # This rank's last micro-batch: a cheap trend; validation reports AU over the whole held-out set.
         averaged["latent/active_units"] = float(active_units(result.mu).count) if result.mu.shape[0] > 1 else 0.0
         averaged.update(self._memory())
@@ -382,6 +395,8 @@ class Trainer:
                     validation = self.validate()
         finally:
             self.monitor.close()
+            if self.run_lock is not None:
+                self.run_lock.release()
         return {
             "status": status,
             "exit_code": REQUEUE_EXIT_CODE if status == "preempted" else 0,

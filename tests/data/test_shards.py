@@ -73,7 +73,7 @@ def test_strict_stops_at_the_bad_line_and_writes_no_meta(tmp_path, tokenizer_dir
     path.write_bytes(content)
     with pytest.raises(InputError, match=f"{path}:2: .*{reason}"):
         write_shards([str(path)], tmp_path / "out", str(tokenizer_dir), strict=True, progress=False)
-    assert "meta.json" not in shard_files(tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # no meta.json, and no empty directory the failed run created
 
 
 def test_interrupted_run_leaves_only_complete_shards_and_no_meta(tmp_path, tokenizer_dir):
@@ -173,9 +173,9 @@ def test_cli_writes_shards_and_reports_errors(tmp_path, tokenizer_dir):
     meta = load_meta(tmp_path / "out")
     assert [s["num_samples"] for s in meta["splits"]["train"]["shards"]] == [4, 4, 4, 3]
     again = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
-    assert again.returncode == 1 and "already holds shards" in again.stderr
+    assert again.returncode == 2 and "already holds shards" in again.stderr
     missing = subprocess.run(command[:4] + [str(tmp_path / "nope.txt")] + command[5:], capture_output=True, text=True, timeout=120, env=env)
-    assert missing.returncode == 1 and "nope.txt" in missing.stderr
+    assert missing.returncode == 2 and "nope.txt" in missing.stderr
 
 
 def test_load_meta_errors_name_the_file(tmp_path):
@@ -207,3 +207,37 @@ def test_tar_members_are_what_tarfile_writes():
             info.size, info.mtime, info.mode, info.uname, info.gname = len(sample[suffix]), 0, 0o444, "seq2vae", "seq2vae"
             tar.addfile(info, io.BytesIO(sample[suffix]))
     assert reference.getvalue().startswith(tar_members(sample))
+
+
+def test_field_messages_say_what_is_wrong(tmp_path, tokenizer_dir, caplog):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join([json.dumps({"text": 17}), json.dumps({}), json.dumps({"body": "x"}), json.dumps({"text": GOOD[0]})]) + "\n")
+    with caplog.at_level(logging.WARNING):
+        write_shards([str(path)], tmp_path / "out", str(tokenizer_dir), progress=False)
+    assert f"{path}:1: field 'text' holds a int, not a string" in caplog.text
+    assert f"{path}:2: lacks field 'text': the object is empty" in caplog.text
+    assert f"{path}:3: lacks field 'text'; its fields: 'body'" in caplog.text
+    assert "fields: []" not in caplog.text
+
+
+def test_a_damaged_tar_header_is_corrupt_and_a_cut_file_truncated(shard_dir, tmp_path):
+    import shutil
+
+    from seq2vae.data.stream import ShardError
+
+    import tarfile
+
+    with tarfile.open(shard_dir / "train-000000.tar") as archive:
+        middle = archive.getmembers()[30].offset  # a member header in the middle of the shard
+    for damage, expected in (("header", f"corrupt shard .*bad tar header at byte {middle}"), ("cut", "truncated shard")):
+        copy = tmp_path / damage
+        shutil.copytree(shard_dir, copy)
+        shard = copy / "train-000000.tar"
+        data = bytearray(shard.read_bytes())
+        if damage == "header":
+            data[middle + 148 : middle + 156] = b"garbage!"  # its checksum field
+        else:
+            del data[middle:]  # cut at that member boundary: a clean end, fewer samples
+        shard.write_bytes(bytes(data))
+        with pytest.raises(ShardError, match=expected):
+            list(read_split(copy, "train"))

@@ -93,7 +93,7 @@ def test_empty_input_and_wrong_model_fail_with_clear_messages(tiny_t5_dir, tmp_p
     assert main(["--model", str(tiny_t5_dir), "--data", str(empty), *EVAL_ARGS]) == 1
     message = capsys.readouterr().err
     assert "no sentences to evaluate" in message and "2 lines read" in message and "2 empty" in message
-    assert main(["--model", str(tmp_path), "--data", str(empty), *EVAL_ARGS]) == 1
+    assert main(["--model", str(tmp_path), "--data", str(empty), *EVAL_ARGS]) == 2
     assert "neither a saved model" in capsys.readouterr().err
-    assert main(["--model", str(tiny_t5_dir), "--data", str(tmp_path / "missing.txt"), *EVAL_ARGS]) == 1
+    assert main(["--model", str(tiny_t5_dir), "--data", str(tmp_path / "missing.txt"), *EVAL_ARGS]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -19,7 +19,7 @@ def tokenizer(tokenizer_dir):
 
 
 def test_shards_and_jsonl_give_the_same_sentences_ids_and_factors(eval_shard_dir, eval_jsonl, tokenizer):
-    from_shards, shard_info = load_samples(eval_shard_dir, split="valid")
+    from_shards, shard_info = load_samples(eval_shard_dir, tokenizer, split="valid")
     from_jsonl, jsonl_info = load_samples(eval_jsonl, tokenizer)
     assert shard_info == {"kind": "shards", "split": "valid"} and jsonl_info["kind"] == "jsonl"
     assert len(from_shards) == len(from_jsonl) == 20
@@ -29,7 +29,7 @@ def test_shards_and_jsonl_give_the_same_sentences_ids_and_factors(eval_shard_dir
         assert shard_sample["meta"] == jsonl_sample["meta"]
         assert set(jsonl_sample["meta"]) == {"topic", "sentiment", "tense", "length"}
         assert jsonl_sample["input_ids"][-1] == tokenizer.eos_token_id
-    assert len(load_samples(eval_shard_dir, split="valid", max_sentences=7)[0]) == 7
+    assert len(load_samples(eval_shard_dir, tokenizer, split="valid", max_sentences=7)[0]) == 7
 
 
 def test_text_input_skips_empty_lines_truncates_and_counts(tmp_path, tokenizer):

@@ -96,3 +96,12 @@ def test_cli_reports_config_errors_without_a_traceback(capsys):
 
     assert main(["--config", str(CONFIGS / "debug-zero2.yaml"), "optim.lrr=1"]) == 2
     assert "optim.lrr" in capsys.readouterr().err
+
+
+def test_the_source_label_names_the_command_line_once():
+    from seq2vae.config import ConfigError, load_config
+    from seq2vae.train.config import TrainConfig
+
+    with pytest.raises(ConfigError) as raised:
+        load_config(TrainConfig, CONFIGS / "debug-zero2.yaml", ["seed=1", "optim.lr=0.1", "data.micro_batch_size=x"])
+    assert str(raised.value).count("+ command line") == 1 and "debug-zero2.yaml + command line: key 'data.micro_batch_size'" in str(raised.value)

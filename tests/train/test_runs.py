@@ -130,7 +130,7 @@ def test_tensorboard_has_every_section_and_resume_appends_to_one_run(stage_runs)
     scalars = set(tags["scalars"])
     expected = {
         "train/loss", "train/recon", "train/kl", "train/kl_thresholded", "train/beta", "train/lr",
-        "train/grad_norm", "train/skipped_steps", "latent/active_units", "perf/tokens_per_s",
+        "train/grad_norm", "train/skipped_steps", "data/skipped_samples", "latent/active_units", "perf/tokens_per_s",
         "perf/samples_per_s", "perf/data_wait_share", "perf/step_time", "memory/max_rss_gib",
         "eval/recon_nll", "eval/kl", "eval/neg_elbo", "eval/iw_nll", "eval/mi_dataset", "eval/active_units",
     }
@@ -182,6 +182,8 @@ def test_sigusr1_to_one_rank_saves_and_exits_every_rank_with_75(data_overrides, 
     last_step = launch.metrics(run_dir)[-1]["step"]
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{last_step:08d}"
     assert last_step < 4 + 5000
+    # Our own line says what torchrun's "FAILED" means, once (rank 0).
+    assert output.count(f"seq2vae train: preempted at step {last_step}: checkpoint") == 1, output[-6000:]
 
 
 def test_a_killed_rank_ends_the_job_with_an_error(data_overrides, launch, tmp_path):
