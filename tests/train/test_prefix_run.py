@@ -48,7 +48,7 @@ def test_zero3_prefix_run_trains_and_evaluates(data_overrides, launch, tmp_path)
     data = str(data_overrides[0].split("=", 1)[1])
     assert eval_main([
         "--model", str(exported), "--data", data, "--iw-samples", "3", "--batch-size", "16", "--device", "cpu",
-        "--max-reconstructions", "4", "--output", str(output),
+        "--max-sentences", "16", "--max-reconstructions", "4", "--output", str(output),
     ]) == 0
     result = json.loads(output.read_text())
     assert math.isfinite(result["metrics"]["iw_nll"]) and result["metrics"]["num_sentences"] > 0
