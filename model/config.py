@@ -9,7 +9,7 @@ from typing import Literal
 from ..config import ConfigError, build_from_dict, doc
 
 Pooling = Literal["mean", "max", "first", "attention"]
-Injection = Literal["memory", "embedding", "both"]
+Injection = Literal["memory", "embedding", "both", "prefix", "prefix_embedding"]
 
 
 @dataclass
@@ -26,7 +26,8 @@ class VAEConfig:
         "memory",
         "how z reaches the decoder: 'memory' = z projected to memory_states pseudo-encoder states the "
         "decoder cross-attends to; 'embedding' = z projected and added to every decoder input embedding; "
-        "'both'",
+        "'both'; 'prefix' = z projected to one self-attention key/value slot per decoder layer, cross-attention "
+        "off (the reference T5-VAE); 'prefix_embedding' = prefix + embedding (Optimus)",
     )
     memory_states: int = doc(1, "number M of pseudo-encoder states z is projected to (memory injection)")
     gradient_checkpointing: bool = doc(False, "recompute backbone activations in backward to save memory")

@@ -4,8 +4,9 @@
 
 The decoder sees the encoder only through z: its cross-attention memory is z projected to M
 pseudo-encoder states (`memory` injection), or a constant when only `embedding` injection (z projected
-and added to every decoder input embedding) is used. The encoder's token states never reach the
-decoder, so nothing but z can carry information about x.
+and added to every decoder input embedding) is used; with `prefix` injection z becomes one
+self-attention key/value slot per decoder layer and cross-attention is switched off (model/prefix.py).
+The encoder's token states never reach the decoder, so nothing but z can carry information about x.
 
 Single-device code: no DeepSpeed here. Under ZeRO-3 the trainer builds this module inside
 `deepspeed.zero.Init`; every parameter is used inside its own module's forward (embeddings are looked
@@ -34,6 +35,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from .config import VAEConfig
 from .objective import gaussian_kl_per_dim
 from .pooling import Pooler
+from .prefix import PrefixInjection
 
 FORMAT_VERSION = 1
 BACKBONE_SUBDIR = "backbone"
@@ -81,10 +83,15 @@ class Seq2SeqVAE(nn.Module):
         self.pooler = Pooler(config.pooling, width)
         self.posterior = nn.Linear(width, 2 * config.latent_dim)  # -> (mu, logvar)
         self.latent_to_memory = (
-            nn.Linear(config.latent_dim, config.memory_states * width) if config.injection != "embedding" else None
+            nn.Linear(config.latent_dim, config.memory_states * width) if config.injection in ("memory", "both") else None
         )
         self.latent_to_embedding = (
-            nn.Linear(config.latent_dim, width) if config.injection != "memory" else None
+            nn.Linear(config.latent_dim, width)
+            if config.injection in ("embedding", "both", "prefix_embedding")
+            else None
+        )
+        self.latent_to_prefix = (
+            PrefixInjection(config.latent_dim, backbone.config) if config.injection.startswith("prefix") else None
         )
         if config.gradient_checkpointing:
             # transformers 5 renamed gradient to activation checkpointing; older releases lack the new name.
@@ -92,6 +99,8 @@ class Seq2SeqVAE(nn.Module):
                 backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if self.latent_to_prefix is not None:
+                self.latent_to_prefix.allow_checkpointed_layers(backbone.get_decoder())
         # Generation's decoder-input shift (embedding injection), set only inside `_shifted_embeddings`.
         self._generation_shift: torch.Tensor | None = None
 
@@ -131,6 +140,7 @@ class Seq2SeqVAE(nn.Module):
             ("posterior", self.posterior),
             ("latent", self.latent_to_memory),
             ("latent", self.latent_to_embedding),
+            ("latent", self.latent_to_prefix),
         ):
             if module is not None:
                 groups[module_name] += list(module.parameters())
@@ -167,6 +177,8 @@ class Seq2SeqVAE(nn.Module):
             memory = self.latent_to_memory(z).view(z.shape[0], self.config.memory_states, width)
         else:
             # Embedding-only injection: one constant memory state, so cross-attention carries nothing.
+            # Prefix injection: the backbone's forward wants encoder states, but the prefix hook
+            # drops them before the decoder runs.
             memory = z.new_zeros(z.shape[0], 1, width)
         mask = torch.ones(memory.shape[:2], dtype=torch.long, device=z.device)
         return BaseModelOutput(last_hidden_state=memory), mask
@@ -185,7 +197,14 @@ class Seq2SeqVAE(nn.Module):
             inputs["decoder_inputs_embeds"] = self._decoder_embeddings(decoder_input_ids, z)
         else:
             inputs["decoder_input_ids"] = decoder_input_ids
-        return self.backbone(**inputs).logits
+        with self._prefix_attached(z):
+            return self.backbone(**inputs).logits
+
+    def _prefix_attached(self, z: torch.Tensor):
+        """Context in which decoder calls see z's key/value prefix (prefix injection; else a no-op)."""
+        if self.latent_to_prefix is None:
+            return contextlib.nullcontext()
+        return self.latent_to_prefix.attached(self.backbone.get_decoder(), z)
 
     @staticmethod
     def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -264,7 +283,7 @@ class Seq2SeqVAE(nn.Module):
         """Decodes token ids from z [B,Z]: greedy by default; `do_sample=True`, `num_beams=N`,
         `top_p`, `temperature`, `synced_gpus` (ZeRO-3) ... are passed to Hugging Face `generate`."""
         encoder_outputs, memory_mask = self._memory(z)
-        with self._shifted_embeddings(z):
+        with self._shifted_embeddings(z), self._prefix_attached(z):
             return self.backbone.generate(
                 encoder_outputs=encoder_outputs,
                 attention_mask=memory_mask,
