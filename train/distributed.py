@@ -87,6 +87,9 @@ def init_world(timeout_s: int) -> World:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cpu:
         device = torch.device("cpu")
+        # DeepSpeed's CPU accelerator answers device_count() from LOCAL_SIZE, which its own launcher
+        # sets; without it, ZeRO-3 spawns `numactl --hardware` for every gradient bucket (~35 times a step).
+        os.environ.setdefault("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", "1"))
     else:
         torch.cuda.set_device(local_rank)  # before NCCL initialises, so each rank talks from its own GPU
         device = torch.device("cuda", local_rank)
