@@ -47,7 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     from .signals import REQUEUE_EXIT_CODE
     from .trainer import run
 
-    summary = run(config)
+    from .durability import DamagedCheckpointError
+
+    try:
+        summary = run(config)
+    except DamagedCheckpointError as error:  # raised on every rank alike, before any training step
+        print(f"seq2vae train: {error}", file=sys.stderr, flush=True)
+        shutdown_world()
+        return 2
     if summary["exit_code"] == REQUEUE_EXIT_CODE:
         # Leave at once: the first rank to exit makes torchrun SIGTERM the others, and a rank still in
         # interpreter shutdown (where Python resets signal handlers to default) would die of it instead

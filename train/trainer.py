@@ -121,6 +121,8 @@ class Trainer:
         barrier()
         # Before building the engine: a mismatch should not wait for an 11B backbone to load.
         check_tokenizer(config.data.train, config.model.tokenizer or config.model.backbone)
+        # Likewise a damaged checkpoint: verified (and auto's fallback chosen) before the engine exists.
+        self._resume_path = resolve_resume(config.resume, self.checkpoints_dir, self.world)
         self.parts = build_engine(config, self.world, self.run_dir / "ds_config.json")
         self.engine = self.parts.engine
         self.accumulation = gradient_accumulation_steps(config.data, self.world.size)
@@ -157,7 +159,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------ state
     def _resume(self) -> dict | None:
         """Loads the checkpoint `config.resume` selects; returns this rank's data-loader state."""
-        path = resolve_resume(self.config.resume, self.checkpoints_dir)
+        path = self._resume_path  # verified in __init__; auto may have fallen back past a damaged one
         if path is None:
             return None
         shared, mine = load_checkpoint(self.engine, path, self.world)
