@@ -14,6 +14,7 @@ damaged files; an explicit `--resume PATH` to a damaged checkpoint fails naming 
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from pathlib import Path
@@ -28,6 +29,7 @@ from .durability import DamagedCheckpointError, atomic_write_text, checkpoint_pr
 
 LATEST_FILE = "latest"
 TAG_PREFIX = "step_"
+DAMAGED_PREFIX = "damaged-"
 
 
 def checkpoint_tag(step: int) -> str:
@@ -56,6 +58,21 @@ def _verified(path: Path, world: World) -> Path:
     return path
 
 
+def _quarantined(path: Path) -> Path:
+    return path.with_name(f"{DAMAGED_PREFIX}{path.name}")
+
+
+def _quarantine(paths: list[Path]) -> None:
+    """Renames skipped checkpoints out of the `step_*` namespace: kept for inspection, never chosen again,
+    and not counted by `keep_last` (which would otherwise keep a damaged one instead of a fallback)."""
+    for path in paths:
+        if path.is_dir():
+            target = _quarantined(path)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(path, target)
+
+
 def _newest_intact(checkpoints_dir: Path, world: World) -> Path | None:
     """`latest` if intact, else the newest older complete checkpoint that verifies (ALL ranks).
 
@@ -69,15 +86,19 @@ def _newest_intact(checkpoints_dir: Path, world: World) -> Path | None:
     tags = gather_objects(sorted((p.name for p in checkpoints_dir.glob(f"{TAG_PREFIX}*") if p.is_dir()), reverse=True))[0]
     latest_step = _step_of(Path(named))
     candidates = [named] + [tag for tag in tags if tag != named and _step_of(Path(tag)) < latest_step]
+    skipped: list[Path] = []
     for tag in candidates:
         path = checkpoints_dir / tag
         problems = checkpoint_problems(path, world.rank, world.size)
         if not problems:
+            if world.is_main:
+                _quarantine(skipped)
             return path
+        skipped.append(path)
         if world.is_main:
             print(
                 f"WARNING: skipping damaged checkpoint {path}:\n  " + "\n  ".join(problems)
-                + "\n  falling back to the previous complete checkpoint",
+                + f"\n  falling back to the previous complete checkpoint; it is kept as {_quarantined(path).name}",
                 flush=True,
             )
     raise DamagedCheckpointError(

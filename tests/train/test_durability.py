@@ -79,6 +79,7 @@ def test_auto_falls_back_to_the_previous_intact_checkpoint_and_warns(tmp_path, c
     assert resolve_resume("auto", tmp_path) == older
     warning = capsys.readouterr().out
     assert f"skipping damaged checkpoint {newest}" in warning and RANK_FILES[1] in warning
+    assert not newest.exists() and (tmp_path / f"damaged-{newest.name}" / RANK_FILES[1]).is_file()
 
 
 def test_auto_skips_a_newer_incomplete_save_and_a_missing_latest_target(tmp_path, capsys):
