@@ -26,6 +26,7 @@ import torch
 from ..evaluation.distributed import gather_objects
 from .distributed import World, barrier
 from .durability import DamagedCheckpointError, atomic_write_text, checkpoint_problems, seal_checkpoint
+from .reshard import check_reshardable, saved_world_size, universal_checkpoint
 
 LATEST_FILE = "latest"
 TAG_PREFIX = "step_"
@@ -189,20 +190,38 @@ def save_checkpoint(
 
 
 def load_checkpoint(engine, path: Path, world: World) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Loads weights, optimizer state and client state on ALL ranks.
+    """Loads weights, optimizer state and client state on ALL ranks, on the checkpoint's world size or,
+    for ZeRO-1/2, another one (through a universal checkpoint, see `reshard.py`).
 
     Returns:
-        (shared state, this rank's state).
+        (shared state, this rank's state). On a new world size this rank's state has the data position
+        (identical on every rank; the loader re-plans it) and no "rng" (the old ranks' streams do not
+        map onto the new ranks).
     """
-    load_path, client_state = engine.load_checkpoint(
-        str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=False
-    )
+    saved_world = saved_world_size(path)
+    # Ours before DeepSpeed's: its ZeRORuntimeException would not say what to do.
+    check_reshardable(path, world, engine.zero_optimization_stage())
+    resharding = saved_world != world.size
+    if resharding:
+        universal = universal_checkpoint(path, world)
+        engine._config.load_universal_checkpoint = True  # the engine reads the flag at load time only
+        try:
+            load_path, client_state = engine.load_checkpoint(
+                str(universal.parent), tag=universal.name, load_optimizer_states=True, load_lr_scheduler_states=False
+            )
+        finally:
+            engine._config.load_universal_checkpoint = False
+    else:
+        load_path, client_state = engine.load_checkpoint(
+            str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
     if load_path is None:  # DeepSpeed returns (None, None) instead of raising
         raise RuntimeError(f"DeepSpeed loaded nothing from checkpoint {path}")
-    if client_state.get("world_size") != world.size:
-        raise RuntimeError(
-            f"checkpoint {path} was written by {client_state.get('world_size')} ranks, this job has "
-            f"{world.size}: resume with the same number of ranks (data positions are per rank)"
-        )
+    if client_state.get("world_size") != saved_world:
+        raise RuntimeError(f"checkpoint {path}: its manifest and its client state disagree on the world size")
     ranks = client_state.pop("ranks")
+    if resharding:
+        if world.is_main:
+            print(f"resharded checkpoint {path} from {saved_world} to {world.size} ranks", flush=True)
+        return client_state, {"data": ranks[0]["data"]}
     return client_state, ranks[world.rank]

@@ -166,7 +166,11 @@ class Trainer:
         self.resumed_from = path
         self.step = shared["step"]
         self.skips.consecutive, self.skips.total = shared["consecutive_skips"], shared["total_skips"]
-        restore_rng(mine["rng"], self.noise_generator)
+        if "rng" in mine:
+            restore_rng(mine["rng"], self.noise_generator)
+        else:  # resumed on another world size: fresh per-rank streams, distinct from those of step 0
+            _seed_everything((self.config.seed * 1_000_003 + self.step) * 1_000_003 + self.world.rank)
+            self.noise_generator.manual_seed((self.config.seed * 1_000_003 + self.step) * 1_000_003 + self.world.rank)
         if self.world.is_main:
             print(f"resumed from {path} at step {self.step}", flush=True)
         return mine["data"]
