@@ -52,7 +52,7 @@ def check_reshardable(checkpoint: Path, world: World, zero_stage: int) -> None:
     """Raises ReshardError (before any engine or DeepSpeed check) when `checkpoint`, written on another
     world size, cannot be continued here."""
     saved = saved_world_size(checkpoint)
-    if saved == world.size or zero_stage in (1, 2):
+    if saved == world.size or zero_stage in (1, 2, 3):
         return
     raise ReshardError(
         f"checkpoint {checkpoint} was written by {saved} ranks and this job has {world.size}: resuming on another "
