@@ -191,7 +191,7 @@ def save_checkpoint(
 
 def load_checkpoint(engine, path: Path, world: World) -> tuple[dict[str, Any], dict[str, Any]]:
     """Loads weights, optimizer state and client state on ALL ranks, on the checkpoint's world size or,
-    for ZeRO-1/2, another one (through a universal checkpoint, see `reshard.py`).
+    for ZeRO-1/2/3 without offload, another one (through a universal checkpoint, see `reshard.py`).
 
     Returns:
         (shared state, this rank's state). On a new world size this rank's state has the data position
@@ -200,7 +200,11 @@ def load_checkpoint(engine, path: Path, world: World) -> tuple[dict[str, Any], d
     """
     saved_world = saved_world_size(path)
     # Ours before DeepSpeed's: its ZeRORuntimeException would not say what to do.
-    check_reshardable(path, world, engine.zero_optimization_stage())
+    offload = any(
+        getattr(getattr(settings, "device", None), "value", "none") != "none"
+        for settings in (engine.zero_offload_optimizer(), engine.zero_offload_param())
+    )
+    check_reshardable(path, world, engine.zero_optimization_stage(), offload)
     resharding = saved_world != world.size
     if resharding:
         universal = universal_checkpoint(path, world)

@@ -48,17 +48,20 @@ def conversion_command(checkpoint: Path, output: Path) -> list[str]:
     ]
 
 
-def check_reshardable(checkpoint: Path, world: World, zero_stage: int) -> None:
+def check_reshardable(checkpoint: Path, world: World, zero_stage: int, offload: bool) -> None:
     """Raises ReshardError (before any engine or DeepSpeed check) when `checkpoint`, written on another
-    world size, cannot be continued here."""
+    world size, cannot be continued here. Checked on CPU: ZeRO-2 (2 -> 1, 1 -> 2) and ZeRO-3 (2 -> 1)
+    with DeepSpeed 0.19.8's torch Adam; offloaded optimizer or parameter state is not verified, so
+    it is refused rather than risked."""
     saved = saved_world_size(checkpoint)
-    if saved == world.size or zero_stage in (1, 2, 3):
+    if saved == world.size or (zero_stage in (1, 2, 3) and not offload):
         return
+    why = "with ZeRO offload" if offload else f"at ZeRO stage {zero_stage}"
     raise ReshardError(
         f"checkpoint {checkpoint} was written by {saved} ranks and this job has {world.size}: resuming on another "
-        f"world size is supported for ZeRO stages 1 and 2 (universal checkpoints), not stage {zero_stage}. Resume "
-        f"on {saved} ranks, or consolidate the weights with `python {checkpoint.parent / 'zero_to_fp32.py'} "
-        f"{checkpoint.parent} OUT --tag {checkpoint.name}` (optimizer state is lost) and start a new run from them"
+        f"world size is supported for ZeRO stages 1-3 without offload, not {why}. Resume on {saved} ranks, or "
+        f"consolidate the weights with `python {checkpoint.parent / 'zero_to_fp32.py'} {checkpoint.parent} OUT "
+        f"--tag {checkpoint.name}` (the optimizer state is lost) and start a new run from them"
     )
 
 

@@ -106,3 +106,21 @@ def test_an_explicit_damaged_checkpoint_fails_naming_the_file(tmp_path):
     with pytest.raises(DamagedCheckpointError, match=f"{RANK_FILES[2]}: checksum mismatch"):
         resolve_resume(str(newest), tmp_path)
     assert resolve_resume(str(tmp_path / checkpoint_tag(5)), tmp_path) == tmp_path / checkpoint_tag(5)
+
+
+def test_a_world_size_change_that_is_not_supported_says_what_to_run(tmp_path):
+    import torch
+
+    from seq2vae.train.distributed import World
+    from seq2vae.train.reshard import ReshardError, check_reshardable
+
+    checkpoint = tmp_path / "run" / "checkpoints" / checkpoint_tag(5)
+    checkpoint.mkdir(parents=True)
+    (checkpoint / RANK_FILES[0]).write_bytes(b"weights")
+    seal_checkpoint(checkpoint, rank=0, world_size=1)
+    manifest = json.loads((checkpoint / MANIFEST_FILE).read_text())
+    (checkpoint / MANIFEST_FILE).write_text(json.dumps({**manifest, "world_size": 2}))  # as if written by 2 ranks
+    one_rank = World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
+    check_reshardable(checkpoint, one_rank, zero_stage=3, offload=False)  # supported: no error
+    with pytest.raises(ReshardError, match=r"written by 2 ranks and this job has 1.*with ZeRO offload.*Resume on 2 ranks.*zero_to_fp32\.py"):
+        check_reshardable(checkpoint, one_rank, zero_stage=3, offload=True)

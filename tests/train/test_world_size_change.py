@@ -1,4 +1,4 @@
-"""Resuming a run on a different number of ranks: real torchrun ZeRO-2 runs on CPU (gloo).
+"""Resuming a run on a different number of ranks: real torchrun ZeRO-2 and ZeRO-3 runs on CPU (gloo).
 
 2 -> 1: a 2-rank run stops at step 6; the run continues on 1 rank (a universal checkpoint is converted
 on the fly) and completes. 1 -> 2 the other way. Both keep the global batch (16 = 8 x accumulation x
@@ -20,7 +20,9 @@ TOTAL_STEPS, STOP_AT, GLOBAL_BATCH, MICRO = 12, 6, 16, 8
 
 
 def _client_state(checkpoint: Path) -> dict:
-    return torch.load(checkpoint / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    # ZeRO-2: mp_rank_00_model_states.pt; ZeRO-3: one zero_pp_rank_R_mp_rank_00_model_states.pt per rank.
+    path = sorted(checkpoint.glob("*mp_rank_00_model_states.pt"))[0]
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def _keys_consumed(shard_dir, worlds: tuple[int, int], seed: int) -> tuple[list[str], dict]:
@@ -43,12 +45,14 @@ def _keys_consumed(shard_dir, worlds: tuple[int, int], seed: int) -> tuple[list[
     return keys, state
 
 
-@pytest.mark.parametrize("worlds", [(2, 1), (1, 2)], ids=["2to1", "1to2"])
-def test_resume_on_another_world_size(worlds, shard_dir, data_overrides, launch, tmp_path):
+@pytest.mark.parametrize(
+    "stage, worlds", [("zero2", (2, 1)), ("zero2", (1, 2)), ("zero3", (2, 1))], ids=["zero2-2to1", "zero2-1to2", "zero3-2to1"]
+)
+def test_resume_on_another_world_size(stage, worlds, shard_dir, data_overrides, launch, tmp_path):
     from seq2vae.train.config import load_train_config
     from seq2vae.train.schedules import beta_at
 
-    config = CONFIGS / "debug-zero2.yaml"
+    config = CONFIGS / f"debug-{stage}.yaml"
     run_dir = tmp_path / "run"
     common = [*data_overrides, f"run_dir={run_dir}", f"data.global_batch_size={GLOBAL_BATCH}"]
     first = launch.run(launch.train_args(config, *common, f"stop_at_step={STOP_AT}"), nproc=worlds[0])
