@@ -34,7 +34,10 @@ shape the order; `build_loader(..., state=...)` (or `load_state_dict`) continues
 batches the uninterrupted run would have produced. Because shuffling works in independent blocks, a
 stream restarts at the block holding its next batch: shards before it are skipped by their counts,
 so a resume reads at most one shard prefix and one block, however far into the epoch it is. World size, batch size, workers, seed, shuffle buffer, bucketing and shards
-must match (ValueError naming the differences otherwise).
+must match (ValueError naming the differences otherwise), except the world size: a state saved on W
+ranks loaded on W' ranks (`EpochPlan.resharded`) spreads the current epoch's samples that no rank has
+consumed yet (replayed from the saved position, no data read) over the W' ranks; the state then
+carries "segments", the epoch's earlier stretches, so it can be resumed or resharded again.
 
 Corrupt or truncated shards raise `ShardError` naming the shard. With `on_corrupt="skip"` the shard's
 missing samples are replaced by repeats of samples the stream already read (so every rank still yields
@@ -270,24 +273,23 @@ class EpochPlan:
         start = rank * total * self.batch_size + sum(counts[:stream]) * self.batch_size
         return self.positions(epoch)[start : start + counts[stream] * self.batch_size]
 
-    def rank_batch_positions(self, epoch: int, rank: int, block_size: int, shuffle: bool) -> list[np.ndarray]:
-        """Positions of each of the rank's batches of `epoch`, in hand-out order ([B] arrays).
+    def consumed_positions(self, epoch: int, rank: int, batches: int, block_size: int, shuffle: bool) -> np.ndarray:
+        """Positions of the samples in the rank's first `batches` batches of `epoch`.
 
-        Mirrors `_BatchStream._epoch_batches` without reading data (so not for length bucketing, whose
-        order depends on the samples' lengths).
+        Mirrors `_BatchStream._epoch_batches` without reading data: stream l holds the rank's batches
+        j with j % num_streams == l, cut from its positions shuffled block by block. (Not for length
+        bucketing, whose batch order depends on the samples' lengths.)
         """
-        batches: list[np.ndarray | None] = [None] * self.batches_in(epoch)
+        taken = []
         for stream in range(self.num_streams):
+            count = max(0, -(-(batches - stream) // self.num_streams)) * self.batch_size  # samples read by this stream
             positions = self.stream_positions(epoch, rank, stream)
-            index = 0
-            for block_index, block_start in enumerate(range(0, len(positions), block_size)):
+            for block_index, block_start in enumerate(range(0, count, block_size)):
                 block = positions[block_start : block_start + block_size]
                 if shuffle:
                     block = block[_rng(self.seed, epoch, rank, stream, block_index).permutation(len(block))]
-                for batch in block.reshape(-1, self.batch_size):
-                    batches[index * self.num_streams + stream] = batch
-                    index += 1
-        return batches  # type: ignore[return-value]
+                taken.append(block[: count - block_start])
+        return np.concatenate(taken) if taken else np.zeros(0, dtype=np.int64)
 
     def resharded(self, epoch: int, batches_done: int, world_size: int, block_size: int, shuffle: bool) -> EpochPlan:
         """This plan's position (`batches_done` batches of `epoch` on every rank) continued on `world_size`
@@ -323,15 +325,13 @@ def _remaining_positions(plan: EpochPlan, epoch: int) -> np.ndarray:
         earlier = dataclasses.replace(
             plan, world_size=segment.world_size, num_streams=segment.num_streams, segments=plan.segments[:index]
         )
-        consumed = [
-            batch
-            for rank in range(segment.world_size)
-            for batch in earlier.rank_batch_positions(epoch, rank, segment.block_size, segment.shuffle)[: segment.batches]
-        ]
-        if consumed:
-            remaining = np.setdiff1d(earlier.positions(epoch), np.concatenate(consumed), assume_unique=True)
-        else:
-            remaining = earlier.positions(epoch)
+        consumed = np.concatenate(
+            [
+                earlier.consumed_positions(epoch, rank, segment.batches, segment.block_size, segment.shuffle)
+                for rank in range(segment.world_size)
+            ]
+        )
+        remaining = np.setdiff1d(earlier.positions(epoch), consumed, assume_unique=True)
     return remaining
 
 
@@ -517,7 +517,8 @@ class ShardLoader:
     """Endless iterator of training batches for one rank; see the module docstring for the guarantees.
 
     Attributes:
-        batches_per_epoch: batches every rank yields per epoch (from meta.json alone).
+        batches_per_epoch: batches every rank yields per epoch (from meta.json alone); fewer in the rest of
+            an epoch resharded by a world-size change (`plan.batches_in(epoch)`).
         dropped_per_epoch: samples per epoch that cannot be spread evenly over ranks x batch size.
         samples_per_epoch: samples this rank sees per epoch.
         skipped: corrupt-shard events ({"shard", "missing", "error"}) seen so far (on_corrupt="skip").
