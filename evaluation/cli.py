@@ -28,12 +28,14 @@ import torch.distributed as dist
 
 from ..data.stream import ShardError
 from .data import EvalDataError, load_samples
+from .distributed import gather_objects
 from .harness import CONVENTIONS, EvalConfig, evaluate
 from .placement import PLACEMENTS, load_zero3, resolve_placement
 from .report import format_comparison, format_table
 
 logger = logging.getLogger("seq2vae.eval")
 EXPORT_POLL_S = 1.0
+_STARTED = time.time()  # when this rank imported the CLI
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,7 +222,9 @@ def _model_directory(path: Path) -> tuple[Path, str]:
             raise
         staging.rename(target)
     while not (target / "vae_config.json").is_file():
-        if failed.is_file() and json.loads(failed.read_text()).get("job") == job:
+        # A marker counts only if this job wrote it (torchrun's run id is "none" unless --rdzv-id is
+        # given, so the time it was written tells it from an earlier job's).
+        if failed.is_file() and failed.stat().st_mtime >= _STARTED - 5 and json.loads(failed.read_text()).get("job") == job:
             raise ValueError(f"--model {path}: exporting {checkpoint.name} failed on rank 0: {json.loads(failed.read_text())['error']}")
         time.sleep(EXPORT_POLL_S)
     return target, f"run export {checkpoint.name}"
@@ -232,7 +236,15 @@ def _loaded_model(model_dir: Path, device: torch.device, requested: str):
     from ..model import Seq2SeqVAE
 
     world_size = dist.get_world_size() if dist.is_initialized() else 1
-    placement = resolve_placement(requested, model_dir, device, world_size)
+    try:
+        decision = resolve_placement(requested, model_dir, device, world_size)
+    except ValueError as error:
+        decision = error
+    # Rank 0's decision for all: ranks whose memory differs must still agree, or they would deadlock.
+    decision = gather_objects(decision)[0]
+    if isinstance(decision, ValueError):
+        raise decision
+    placement = decision
     logger.info("placement: %s (%s requested) on %d rank(s)", placement, requested, world_size)
     if placement == "replica":
         yield Seq2SeqVAE.from_pretrained(model_dir).to(device), placement
