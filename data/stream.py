@@ -35,7 +35,10 @@ shape the order; `build_loader(..., state=...)` (or `load_state_dict`) continues
 batches the uninterrupted run would have produced. Because shuffling works in independent blocks, a
 stream restarts at the block holding its next batch: shards before it are skipped by their counts,
 so a resume reads at most one shard prefix and one block, however far into the epoch it is. World size, batch size, workers, seed, shuffle buffer, bucketing and shards
-must match (ValueError naming the differences otherwise).
+must match (ValueError naming the differences otherwise), except the world size: a state saved on W
+ranks loaded on W' ranks (`EpochPlan.resharded`) spreads the current epoch's samples that no rank has
+consumed yet (replayed from the saved position, no data read) over the W' ranks; the state then
+carries "segments", the epoch's earlier stretches, so it can be resumed or resharded again.
 
 Corrupt or truncated shards raise `ShardError` naming the shard; a sample whose token ids fall outside
 the vocabulary in meta.json is corrupt too (it would index past the model's embedding). With `on_corrupt="skip"` the shard's
@@ -47,6 +50,7 @@ missing samples are replaced by repeats of samples the stream already read (so e
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import logging
@@ -235,14 +239,31 @@ def read_split(source: str | os.PathLike | Sequence[str], split: str = "valid") 
 
 
 @dataclasses.dataclass(frozen=True)
+class Segment:
+    """A stretch of one epoch run on another world size before a resume (see `resharded`)."""
+
+    world_size: int
+    num_streams: int
+    batches: int  # batches every rank took in this stretch
+    block_size: int  # the shuffle block of that loader (samples)
+    shuffle: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class EpochPlan:
-    """Which samples each rank and stream reads in an epoch; identical on every rank (see module docstring)."""
+    """Which samples each rank and stream reads in an epoch; identical on every rank (see module docstring).
+
+    `segments` (for epoch `segments_epoch` only) record earlier stretches of that epoch run on other world
+    sizes: the epoch then spreads only the samples those stretches did not consume (see `resharded`).
+    """
 
     shards: tuple[Shard, ...]
     world_size: int
     batch_size: int
     num_streams: int
     seed: int
+    segments: tuple[Segment, ...] = ()
+    segments_epoch: int = -1
 
     @property
     def num_samples(self) -> int:
@@ -271,6 +292,51 @@ class EpochPlan:
         start += sum(self.stream_batches(s) for s in range(stream)) * self.batch_size
         return start, start + self.stream_batches(stream) * self.batch_size
 
+    # ----- epochs resharded on a world-size change: positions index the epoch's concatenated shard order
+    def positions(self, epoch: int) -> np.ndarray:
+        """The epoch-order positions this plan spreads over its ranks (all of them, unless resharded)."""
+        if epoch != self.segments_epoch or not self.segments:
+            return np.arange(self.num_samples)
+        return _remaining_positions(self, epoch)
+
+    def batches_in(self, epoch: int) -> int:
+        if epoch != self.segments_epoch or not self.segments:
+            return self.batches_per_epoch
+        return len(self.positions(epoch)) // (self.world_size * self.batch_size)
+
+    def stream_positions(self, epoch: int, rank: int, stream: int) -> np.ndarray:
+        """Sorted positions of the stream's samples in `epoch` (the general form of `stream_range`)."""
+        total = self.batches_in(epoch)
+        counts = [total // self.num_streams + (1 if s < total % self.num_streams else 0) for s in range(self.num_streams)]
+        start = rank * total * self.batch_size + sum(counts[:stream]) * self.batch_size
+        return self.positions(epoch)[start : start + counts[stream] * self.batch_size]
+
+    def consumed_positions(self, epoch: int, rank: int, batches: int, block_size: int, shuffle: bool) -> np.ndarray:
+        """Positions of the samples in the rank's first `batches` batches of `epoch`.
+
+        Mirrors `_BatchStream._epoch_batches` without reading data: stream l holds the rank's batches
+        j with j % num_streams == l, cut from its positions shuffled block by block. (Not for length
+        bucketing, whose batch order depends on the samples' lengths.)
+        """
+        taken = []
+        for stream in range(self.num_streams):
+            count = max(0, -(-(batches - stream) // self.num_streams)) * self.batch_size  # samples read by this stream
+            positions = self.stream_positions(epoch, rank, stream)
+            for block_index, block_start in enumerate(range(0, count, block_size)):
+                block = positions[block_start : block_start + block_size]
+                if shuffle:
+                    block = block[_rng(self.seed, epoch, rank, stream, block_index).permutation(len(block))]
+                taken.append(block[: count - block_start])
+        return np.concatenate(taken) if taken else np.zeros(0, dtype=np.int64)
+
+    def resharded(self, epoch: int, batches_done: int, world_size: int, block_size: int, shuffle: bool) -> EpochPlan:
+        """This plan's position (`batches_done` batches of `epoch` on every rank) continued on `world_size`
+        ranks: the new plan spreads the epoch's samples that no rank has consumed yet (including the
+        tail this plan left out) evenly over the new ranks; later epochs are planned as usual."""
+        segments = self.segments if epoch == self.segments_epoch else ()
+        segment = Segment(self.world_size, self.num_streams, batches_done, block_size, shuffle)
+        return dataclasses.replace(self, world_size=world_size, segments=(*segments, segment), segments_epoch=epoch)
+
     def fingerprint(self) -> dict[str, Any]:
         """The settings that determine the order of batches; resuming requires them unchanged."""
         return {
@@ -287,6 +353,24 @@ class EpochPlan:
 
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in key])
+
+
+@functools.lru_cache(maxsize=4)
+def _remaining_positions(plan: EpochPlan, epoch: int) -> np.ndarray:
+    """Replays the plan's segments: the sorted positions of `epoch` none of them consumed."""
+    remaining = np.arange(plan.num_samples)
+    for index, segment in enumerate(plan.segments):
+        earlier = dataclasses.replace(
+            plan, world_size=segment.world_size, num_streams=segment.num_streams, segments=plan.segments[:index]
+        )
+        consumed = np.concatenate(
+            [
+                earlier.consumed_positions(epoch, rank, segment.batches, segment.block_size, segment.shuffle)
+                for rank in range(segment.world_size)
+            ]
+        )
+        remaining = np.setdiff1d(earlier.positions(epoch), consumed, assume_unique=True)
+    return remaining
 
 
 class _SkipLog:
@@ -363,6 +447,18 @@ def _read_range(
         yield refill[index % len(refill)]
 
 
+def _read_positions(
+    order: Sequence[Shard], positions: np.ndarray, on_corrupt: OnCorrupt, skip_log: _SkipLog, vocab_size: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """The samples at sorted `positions` of the concatenation of `order`: contiguous runs are read with
+    `_read_range` (a resharded epoch's positions are runs with gaps where earlier ranks already read)."""
+    if len(positions) == 0:
+        return
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    for run in np.split(positions, breaks):
+        yield from _read_range(order, int(run[0]), int(run[-1]) + 1, on_corrupt, skip_log, vocab_size)
+
+
 def _skip(skip_log: _SkipLog, shard: Shard, missing: int, error: ShardError) -> None:
     logger.warning("skipping %d corrupt samples (replaced by repeats of earlier ones): %s", missing, error)
     skip_log.events.append({"shard": shard.url, "missing": missing, "error": str(error)})
@@ -421,7 +517,7 @@ class _BatchStream(IterableDataset):
         info = get_worker_info()
         worker = info.id if info is not None else 0
         plan = self.settings.plan
-        width, per_epoch = plan.num_streams, plan.batches_per_epoch
+        width = plan.num_streams
         epoch, first = self.start_epoch, self.start_batch
         handed_before_epoch = -self.start_batch  # batches handed out (from the resume point) before `epoch` began
         while True:
@@ -436,7 +532,7 @@ class _BatchStream(IterableDataset):
                 # the text of its whole traceback, and the user should read one line.
                 yield _Failure(str(error)), None, []
                 return
-            handed_before_epoch += per_epoch
+            handed_before_epoch += plan.batches_in(epoch)  # fewer in an epoch resharded mid-way
             epoch, first = epoch + 1, 0
 
     def _epoch_batches(self, epoch: int, stream: int, skip: int):
@@ -445,12 +541,17 @@ class _BatchStream(IterableDataset):
         settings, plan = self.settings, self.settings.plan
         block_size, batch_size = settings.block_size, plan.batch_size
         skip_log = _SkipLog()
-        start, stop = plan.stream_range(settings.rank, stream)
         first_block = skip * batch_size // block_size
         # Shards wholly before the first needed block are skipped by their meta.json counts, unread.
-        samples = _read_range(
-            plan.shard_order(epoch), start + first_block * block_size, stop, settings.on_corrupt, skip_log, settings.vocab_size
-        )
+        if epoch == plan.segments_epoch and plan.segments:
+            positions = plan.stream_positions(epoch, settings.rank, stream)[first_block * block_size :]
+            samples = _read_positions(plan.shard_order(epoch), positions, settings.on_corrupt, skip_log, settings.vocab_size)
+        else:
+            start, stop = plan.stream_range(settings.rank, stream)
+            samples = _read_range(
+                plan.shard_order(epoch), start + first_block * block_size, stop, settings.on_corrupt, skip_log,
+                settings.vocab_size,
+            )
         index = first_block * (block_size // batch_size)
         for block_index in itertools.count(first_block):
             block = list(itertools.islice(samples, block_size))
@@ -484,7 +585,8 @@ class ShardLoader:
     """Endless iterator of training batches for one rank; see the module docstring for the guarantees.
 
     Attributes:
-        batches_per_epoch: batches every rank yields per epoch (from meta.json alone).
+        batches_per_epoch: batches every rank yields per epoch (from meta.json alone); fewer in the rest of
+            an epoch resharded by a world-size change (`plan.batches_in(epoch)`).
         dropped_per_epoch: samples per epoch that cannot be spread evenly over ranks x batch size.
         samples_per_epoch: samples this rank sees per epoch.
         skipped: corrupt-shard events ({"shard", "missing", "error"}) seen so far (on_corrupt="skip").
@@ -514,15 +616,22 @@ class ShardLoader:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """The position after the batches handed out so far (not what workers prefetched); JSON-able."""
-        return {"version": STATE_VERSION, "epoch": self.epoch, "batch": self.batch_in_epoch, **self._fingerprint()}
+        """The position after the batches handed out so far (not what workers prefetched); JSON-able.
+
+        Inside an epoch that was resharded, "segments" records the earlier world sizes' stretches of it.
+        """
+        state = {"version": STATE_VERSION, "epoch": self.epoch, "batch": self.batch_in_epoch, **self._fingerprint()}
+        plan = self._settings.plan
+        if plan.segments and plan.segments_epoch == self.epoch:
+            state["segments"] = [dataclasses.asdict(segment) for segment in plan.segments]
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continues from `state` (restarts the workers if they were running)."""
         if state.get("version") != STATE_VERSION:
             raise LoaderStateError(f"data loader state version {state.get('version')!r}; expected {STATE_VERSION}")
         expected = self._fingerprint()
-        different = [key for key in expected if state.get(key) != expected[key]]
+        different = [key for key in expected if state.get(key) != expected[key] and key != "world_size"]
         if different:
             shown = {key: (state.get(key), expected[key]) for key in different if key != "shards"}
             if "shards" in different:
@@ -531,9 +640,31 @@ class ShardLoader:
                 "cannot resume the data loader: settings differ from the saved state "
                 f"(saved, now): {shown}; an exact resume needs the same data and loader settings"
             )
-        if not 0 <= state["batch"] < self.batches_per_epoch or state["epoch"] < 0:
-            raise LoaderStateError(f"data loader state position epoch {state['epoch']} batch {state['batch']} is out of range")
-        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch"])
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        settings = self._settings
+        saved_plan = dataclasses.replace(
+            settings.plan,
+            world_size=int(state["world_size"]),
+            segments=tuple(Segment(**segment) for segment in state.get("segments", ())),
+            segments_epoch=epoch,
+        )
+        if not 0 <= batch < saved_plan.batches_in(epoch) or epoch < 0:
+            raise LoaderStateError(f"data loader state position epoch {epoch} batch {batch} is out of range")
+        if saved_plan.world_size != settings.plan.world_size and (batch or saved_plan.segments):
+            if settings.length_bucketing:
+                raise LoaderStateError(
+                    f"cannot resume the data loader on {settings.plan.world_size} ranks mid-epoch: it was saved on "
+                    f"{saved_plan.world_size} ranks with length bucketing, whose batch order depends on sample "
+                    "lengths; resume on the original number of ranks, or from a checkpoint at an epoch boundary"
+                )
+            plan = saved_plan.resharded(epoch, batch, settings.plan.world_size, settings.block_size, settings.shuffle_buffer > 1)
+            batch = 0
+            if plan.batches_in(epoch) == 0:  # fewer samples left than one batch per new rank: next epoch
+                epoch += 1
+        else:
+            plan = dataclasses.replace(saved_plan, world_size=settings.plan.world_size)
+        self._settings = dataclasses.replace(settings, plan=plan)
+        self.epoch, self.batch_in_epoch = epoch, batch
         self.close()
 
     def __iter__(self) -> ShardLoader:
@@ -567,7 +698,7 @@ class ShardLoader:
         assert position == (self.epoch, self.batch_in_epoch), f"loader order broke: got {position}, expected {(self.epoch, self.batch_in_epoch)}"
         self.skipped.extend(skipped)
         self.batch_in_epoch += 1
-        if self.batch_in_epoch == self.batches_per_epoch:
+        if self.batch_in_epoch == self._settings.plan.batches_in(self.epoch):
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         return batch
 

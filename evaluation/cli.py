@@ -18,7 +18,9 @@ import json
 import logging
 import os
 import platform
+import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -27,11 +29,14 @@ import torch.distributed as dist
 from ..data.stream import ShardError
 from ..errors import report
 from .data import EvalDataError, load_samples
-from .distributed import any_rank
+from .distributed import gather_objects
 from .harness import CONVENTIONS, EvalConfig, evaluate
+from .placement import PLACEMENTS, load_zero3, resolve_placement
 from .report import format_comparison, format_table
 
 logger = logging.getLogger("seq2vae.eval")
+EXPORT_POLL_S = 1.0
+_STARTED = time.time()  # when this rank imported the CLI
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--text-field", default="text", help="JSONL field holding the sentence (default: %(default)s)")
     parser.add_argument("--output", help="write the results as JSON here")
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available, one GPU per rank)")
+    parser.add_argument(
+        "--placement", default="auto", choices=PLACEMENTS,
+        help="replica: the whole model on every rank; zero3: partitioned over the ranks (models too big for one); "
+        "auto: replica when it fits one device, else zero3 (default: %(default)s)",
+    )
     parser.add_argument("--compare", nargs="+", metavar="JSON", help="print saved results side by side and exit")
     return parser
 
@@ -92,13 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         report("eval", error)  # once, from rank 0: under torchrun every rank meets the same arguments
         return 2
+    try:  # before any collective: rank 0 exports a run directory while the others wait on the filesystem
+        model_dir, model_kind = _model_directory(Path(args.model))
+    except (FileNotFoundError, ValueError) as error:
+        print(f"seq2vae eval: {error}", file=sys.stderr)
+        return 1
     with _process_group(args.device) as device:
         rank = dist.get_rank() if dist.is_initialized() else 0
         level = logging.INFO if rank == 0 else logging.WARNING
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
         try:
-            with _loaded_model(Path(args.model), device) as (vae, model_kind):
-                vae.to(device)
+            with _loaded_model(model_dir, device, args.placement) as (vae, placement):
                 samples, data_info = load_samples(
                     args.data, vae.tokenizer, split=args.split, max_sentences=args.max_sentences,
                     max_length=args.max_length, text_field=args.text_field,
@@ -118,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         record = {
             "model": str(args.model),
             "model_kind": model_kind,
+            "placement": placement,
             "data": str(args.data),
             "data_info": data_info,
             "split": args.split if data_info.get("kind") == "shards" else None,
@@ -174,19 +189,17 @@ def _process_group(device_name: str | None):
             dist.destroy_process_group()
 
 
-@contextlib.contextmanager
-def _loaded_model(path: Path, device: torch.device):
-    """Yields (Seq2SeqVAE, "pretrained" | "run export <tag>").
+def _model_directory(path: Path) -> tuple[Path, str]:
+    """(save_pretrained directory, "pretrained" | "run export <tag>") for --model.
 
     A run directory's latest checkpoint is exported once, by rank 0, to RUN_DIR/export/<tag> (where
-    `seq2vae export` writes too; the run directory is on storage every rank shares), then loaded
-    by every rank. An export that fails on rank 0 fails every rank instead of leaving them waiting.
+    `seq2vae export` writes too; the run directory is on storage every rank shares): into a staging
+    folder renamed when complete. The other ranks wait for it on the filesystem, not in a collective,
+    so a long export cannot trip a process-group timeout; an export that fails on rank 0 leaves a
+    marker (tagged with this torchrun job's id) that fails them too.
     """
-    from ..model import Seq2SeqVAE
-
     if (path / "vae_config.json").is_file():
-        yield Seq2SeqVAE.from_pretrained(path), "pretrained"
-        return
+        return path, "pretrained"
     if not ((path / "config.yaml").is_file() and (path / "checkpoints").is_dir()):
         raise FileNotFoundError(
             f"--model {path}: neither a saved model (no vae_config.json) nor a training run directory "
@@ -199,15 +212,49 @@ def _loaded_model(path: Path, device: torch.device):
     if checkpoint is None:
         raise FileNotFoundError(f"--model {path}: the run has no complete checkpoint yet")
     target = path / "export" / checkpoint.name
-    failure = None
-    if (not dist.is_initialized() or dist.get_rank() == 0) and not (target / "vae_config.json").is_file():
+    failed = target.with_name(f".{target.name}.failed")
+    job = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if int(os.environ.get("RANK", "0")) == 0 and not (target / "vae_config.json").is_file():
+        staging = target.with_name(f".{target.name}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(target, ignore_errors=True)  # an incomplete copy written by an older version
         try:
-            export_run(path, target, checkpoint.name)
+            export_run(path, staging, checkpoint.name)
         except (FileNotFoundError, ValueError) as error:
-            failure = error
-    if any_rank(failure is not None, device):
-        raise failure or RuntimeError(f"--model {path}: exporting {checkpoint.name} failed on rank 0")
-    yield Seq2SeqVAE.from_pretrained(target), f"run export {checkpoint.name}"
+            failed.write_text(json.dumps({"job": job, "error": str(error)}))
+            raise
+        staging.rename(target)
+    while not (target / "vae_config.json").is_file():
+        # A marker counts only if this job wrote it (torchrun's run id is "none" unless --rdzv-id is
+        # given, so the time it was written tells it from an earlier job's).
+        if failed.is_file() and failed.stat().st_mtime >= _STARTED - 5 and json.loads(failed.read_text()).get("job") == job:
+            raise ValueError(f"--model {path}: exporting {checkpoint.name} failed on rank 0: {json.loads(failed.read_text())['error']}")
+        time.sleep(EXPORT_POLL_S)
+    return target, f"run export {checkpoint.name}"
+
+
+@contextlib.contextmanager
+def _loaded_model(model_dir: Path, device: torch.device, requested: str):
+    """Yields (Seq2SeqVAE on `device` or partitioned over the ranks, the placement used)."""
+    from ..model import Seq2SeqVAE
+
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    try:
+        decision = resolve_placement(requested, model_dir, device, world_size)
+    except ValueError as error:
+        decision = error
+    # Rank 0's decision for all: ranks whose memory differs must still agree, or they would deadlock.
+    decision = gather_objects(decision)[0]
+    if isinstance(decision, ValueError):
+        raise decision
+    placement = decision
+    logger.info("placement: %s (%s requested) on %d rank(s)", placement, requested, world_size)
+    if placement == "replica":
+        yield Seq2SeqVAE.from_pretrained(model_dir).to(device), placement
+        return
+    module, engine = load_zero3(model_dir)
+    yield module, placement
+    del engine  # keeps the ZeRO-3 hooks alive until evaluation is over
 
 
 def _versions() -> dict[str, str]:

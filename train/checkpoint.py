@@ -1,9 +1,15 @@
 """Checkpoints: DeepSpeed shards per rank, our training state in `client_state`, an atomic `latest`.
 
-Layout: RUN_DIR/checkpoints/step_XXXXXXXX/ (DeepSpeed's files) and RUN_DIR/checkpoints/latest, a
-text file naming the newest complete checkpoint. `latest` is written by rank 0 only after a barrier
-proves every rank finished writing its shard, and by rename, so a crash mid-save never points
-`--resume auto` at a partial checkpoint.
+Layout: RUN_DIR/checkpoints/step_XXXXXXXX/ (DeepSpeed's files plus `manifest.json`) and
+RUN_DIR/checkpoints/latest, a text file naming the newest complete checkpoint. A save is: every rank
+writes its shard; every rank fsyncs and checksums its files; rank 0 writes the manifest (sizes and
+CRC-32s) atomically; only then rank 0 moves `latest` (temporary file, fsync, rename, fsync of the
+directory). A crash or power loss at any point leaves `latest` on a complete checkpoint.
+
+Resuming verifies the chosen checkpoint against its manifest (`durability.py`). `--resume auto` falls
+back to the newest older complete checkpoint when the latest is damaged, with a warning naming the
+damaged files; an explicit `--resume PATH` to a damaged checkpoint fails naming them. `keep_last` >= 2
+(checked in the config) so one fallback always exists.
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ import torch
 
 from ..evaluation.distributed import gather_objects
 from .distributed import World, barrier
+from .durability import DamagedCheckpointError, atomic_write_text, checkpoint_problems, seal_checkpoint
+from .reshard import check_reshardable, saved_world_size, universal_checkpoint
 
 LATEST_FILE = "latest"
 TAG_PREFIX = "step_"
+DAMAGED_PREFIX = "damaged-"
 
 
 def checkpoint_tag(step: int) -> str:
@@ -39,16 +48,81 @@ def latest_checkpoint(checkpoints_dir: str | Path) -> Path | None:
     return path
 
 
-def resolve_resume(resume: str, checkpoints_dir: Path) -> Path | None:
-    """`resume` setting -> the checkpoint to load: auto (latest if any), never, or an explicit path."""
+def _step_of(path: Path) -> int:
+    return int(path.name[len(TAG_PREFIX):]) if path.name[len(TAG_PREFIX):].isdigit() else -1
+
+
+def _verified(path: Path, world: World) -> Path:
+    problems = checkpoint_problems(path, world.rank, world.size)
+    if problems:
+        raise DamagedCheckpointError(f"checkpoint {path} cannot be loaded:\n  " + "\n  ".join(problems))
+    return path
+
+
+def _quarantined(path: Path) -> Path:
+    return path.with_name(f"{DAMAGED_PREFIX}{path.name}")
+
+
+def _quarantine(paths: list[Path]) -> None:
+    """Renames skipped checkpoints out of the `step_*` namespace: kept for inspection, never chosen again,
+    and not counted by `keep_last` (which would otherwise keep a damaged one instead of a fallback)."""
+    for path in paths:
+        if path.is_dir():
+            target = _quarantined(path)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(path, target)
+
+
+def _newest_intact(checkpoints_dir: Path, world: World) -> Path | None:
+    """`latest` if intact, else the newest older complete checkpoint that verifies (ALL ranks).
+
+    Every skipped checkpoint is reported on rank 0 with the files that made it unusable.
+    """
+    pointer = checkpoints_dir / LATEST_FILE
+    # Rank 0's view decides, so every rank walks the same candidates through the same collectives.
+    named = gather_objects(pointer.read_text().strip() if pointer.is_file() else None)[0]
+    if named is None:
+        return None
+    tags = gather_objects(sorted((p.name for p in checkpoints_dir.glob(f"{TAG_PREFIX}*") if p.is_dir()), reverse=True))[0]
+    latest_step = _step_of(Path(named))
+    candidates = [named] + [tag for tag in tags if tag != named and _step_of(Path(tag)) < latest_step]
+    skipped: list[Path] = []
+    for tag in candidates:
+        path = checkpoints_dir / tag
+        problems = checkpoint_problems(path, world.rank, world.size)
+        if not problems:
+            if world.is_main:
+                _quarantine(skipped)
+            return path
+        skipped.append(path)
+        if world.is_main:
+            print(
+                f"WARNING: skipping damaged checkpoint {path}:\n  " + "\n  ".join(problems)
+                + f"\n  falling back to the previous complete checkpoint; it is kept as {_quarantined(path).name}",
+                flush=True,
+            )
+    raise DamagedCheckpointError(
+        f"{pointer} names {named!r}, and neither it nor any older checkpoint in {checkpoints_dir} is intact "
+        "(see the warnings above); resume from a copy, or start over with --resume never"
+    )
+
+
+def resolve_resume(resume: str, checkpoints_dir: Path, world: World | None = None) -> Path | None:
+    """`resume` setting -> the verified checkpoint to load: auto (latest intact, else an older one with a
+    warning), never, or an explicit path (DamagedCheckpointError naming the damaged files).
+
+    A collective when `world` has several ranks: call it on all of them.
+    """
+    world = world or World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
     if resume == "never":
         return None
     if resume == "auto":
-        return latest_checkpoint(checkpoints_dir)
+        return _newest_intact(checkpoints_dir, world)
     path = Path(resume)
     if not path.is_dir():
         raise FileNotFoundError(f"key 'resume': checkpoint directory {resume!r} does not exist")
-    return path
+    return _verified(path, world)
 
 
 def capture_rng(noise_generator: torch.Generator) -> dict[str, Any]:
@@ -98,34 +172,60 @@ def save_checkpoint(
         the checkpoint directory.
     """
     tag = checkpoint_tag(step)
+    path = checkpoints_dir / tag
     client_state = {**shared_state, "world_size": world.size, "ranks": gather_objects(rank_state)}
+    if world.is_main and path.exists():
+        # Left by a run that fell back past it (damaged) or died mid-save: its stale manifest must not
+        # vouch for the new files while they are being written.
+        shutil.rmtree(path)
+    barrier()
     engine.save_checkpoint(str(checkpoints_dir), tag=tag, client_state=client_state, save_latest=False)
     barrier()  # every rank has written its shard
-    path = checkpoints_dir / tag
+    seal_checkpoint(path, world.rank, world.size)  # fsync + manifest: the checkpoint is now complete
     if world.is_main:
-        staging = checkpoints_dir / f".{LATEST_FILE}.tmp"
-        staging.write_text(tag + "\n")
-        os.replace(staging, checkpoints_dir / LATEST_FILE)
+        atomic_write_text(checkpoints_dir / LATEST_FILE, tag + "\n")
         _prune(checkpoints_dir, keep_last, keep=path)
     barrier()  # nobody races ahead while rank 0 prunes
     return path
 
 
 def load_checkpoint(engine, path: Path, world: World) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Loads weights, optimizer state and client state on ALL ranks.
+    """Loads weights, optimizer state and client state on ALL ranks, on the checkpoint's world size or,
+    for ZeRO-1/2/3 without offload, another one (through a universal checkpoint, see `reshard.py`).
 
     Returns:
-        (shared state, this rank's state).
+        (shared state, this rank's state). On a new world size this rank's state has the data position
+        (identical on every rank; the loader re-plans it) and no "rng" (the old ranks' streams do not
+        map onto the new ranks).
     """
-    load_path, client_state = engine.load_checkpoint(
-        str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=False
+    saved_world = saved_world_size(path)
+    # Ours before DeepSpeed's: its ZeRORuntimeException would not say what to do.
+    offload = any(
+        getattr(getattr(settings, "device", None), "value", "none") != "none"
+        for settings in (engine.zero_offload_optimizer(), engine.zero_offload_param())
     )
+    check_reshardable(path, world, engine.zero_optimization_stage(), offload)
+    resharding = saved_world != world.size
+    if resharding:
+        universal = universal_checkpoint(path, world)
+        engine._config.load_universal_checkpoint = True  # the engine reads the flag at load time only
+        try:
+            load_path, client_state = engine.load_checkpoint(
+                str(universal.parent), tag=universal.name, load_optimizer_states=True, load_lr_scheduler_states=False
+            )
+        finally:
+            engine._config.load_universal_checkpoint = False
+    else:
+        load_path, client_state = engine.load_checkpoint(
+            str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
     if load_path is None:  # DeepSpeed returns (None, None) instead of raising
         raise RuntimeError(f"DeepSpeed loaded nothing from checkpoint {path}")
-    if client_state.get("world_size") != world.size:
-        raise RuntimeError(
-            f"checkpoint {path} was written by {client_state.get('world_size')} ranks, this job has "
-            f"{world.size}: resume with the same number of ranks (data positions are per rank)"
-        )
+    if client_state.get("world_size") != saved_world:
+        raise RuntimeError(f"checkpoint {path}: its manifest and its client state disagree on the world size")
     ranks = client_state.pop("ranks")
+    if resharding:
+        if world.is_main:
+            print(f"resharded checkpoint {path} from {saved_world} to {world.size} ranks", flush=True)
+        return client_state, {"data": ranks[0]["data"]}
     return client_state, ranks[world.rank]

@@ -127,6 +127,8 @@ class Trainer:
             save_config(config, self.run_dir / "config.yaml")
             (self.run_dir / "git_revision.txt").write_text(_git_revision() + "\n")
         barrier()
+        # A damaged checkpoint is verified (and auto's fallback chosen) before the engine exists.
+        self._resume_path = resolve_resume(config.resume, self.checkpoints_dir, self.world)
         self.parts = build_engine(config, self.world, self.run_dir / "ds_config.json")
         self.engine = self.parts.engine
         self.accumulation = gradient_accumulation_steps(config.data, self.world.size)
@@ -164,14 +166,18 @@ class Trainer:
     # ------------------------------------------------------------------------------------ state
     def _resume(self) -> dict | None:
         """Loads the checkpoint `config.resume` selects; returns this rank's data-loader state."""
-        path = resolve_resume(self.config.resume, self.checkpoints_dir)
+        path = self._resume_path  # verified in __init__; auto may have fallen back past a damaged one
         if path is None:
             return None
         shared, mine = load_checkpoint(self.engine, path, self.world)
         self.resumed_from = path
         self.step = shared["step"]
         self.skips.consecutive, self.skips.total = shared["consecutive_skips"], shared["total_skips"]
-        restore_rng(mine["rng"], self.noise_generator)
+        if "rng" in mine:
+            restore_rng(mine["rng"], self.noise_generator)
+        else:  # resumed on another world size: fresh per-rank streams, distinct from those of step 0
+            _seed_everything((self.config.seed * 1_000_003 + self.step) * 1_000_003 + self.world.rank)
+            self.noise_generator.manual_seed((self.config.seed * 1_000_003 + self.step) * 1_000_003 + self.world.rank)
         if self.world.is_main:
             print(f"resumed from {path} at step {self.step}", flush=True)
         return mine["data"]
