@@ -78,10 +78,9 @@ def _cell(value: Any) -> str:
 
 
 def _setting_label(run: StudyRun, settings: list[str]) -> str:
-    """A short label of the run's varied settings ('free_bits=3, deletion_rate=0.15'), else its name."""
-    if not settings:
-        return run.name
-    return ", ".join(f"{key.rsplit('.', 1)[-1]}={_cell(run.settings.get(key))}" for key in settings[:3])
+    """The run's name and its first varied settings by their last two key parts ('task-3: 1.free_bits=3')."""
+    shown = ", ".join(f"{'.'.join(key.split('.')[-2:])}={_cell(run.settings.get(key))}" for key in settings[:3])
+    return f"{run.name}: {shown}" if shown else run.name
 
 
 def write_csv(columns: list[str], rows: list[dict[str, Any]], path: Path) -> Path:

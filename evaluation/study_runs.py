@@ -3,7 +3,8 @@
 A run directory (what `seq2vae train` writes) holds `config.yaml`, `metrics.jsonl` (training scalars),
 `validation.jsonl` (periodic validation) and, once evaluated, `eval*.json` (`seq2vae sweep` writes
 `eval.json`, a SLURM eval job `eval-<jobid>.json`). An eval JSON names its model; when that is a run
-directory, its config and curves are read too. Metrics come from the newest eval JSON when there is
+directory, its config and curves are read too; when it is a saved model, its vae_config.json
+gives the `model.*` settings. Metrics come from the newest eval JSON when there is
 one, else from the last validation record (no BLEU, probes or per-word perplexity then).
 """
 
@@ -113,6 +114,18 @@ def _read_settings(run_dir: Path) -> dict[str, Any]:
     return flatten(tree)
 
 
+def _read_model_settings(model_dir: Path) -> dict[str, Any]:
+    """A saved model's vae_config.json as `model.*` settings (an eval of an exported model has no run config)."""
+    path = model_dir / "vae_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+        return flatten({"model": saved.get("vae", saved)})  # {"format_version", "vae": VAEConfig fields}
+    except (OSError, json.JSONDecodeError):
+        return {}  # the settings only label the run; the metrics are what the report needs
+
+
 def _newest_eval_json(run_dir: Path) -> Path | None:
     candidates = sorted(run_dir.glob("eval*.json"), key=lambda p: p.stat().st_mtime)
     return candidates[-1] if candidates else None
@@ -137,7 +150,7 @@ def load_run(path: str | Path) -> StudyRun:
         model = Path(str(result.get("model", "")))
         if result.get("model") and (model / "config.yaml").is_file():
             return _from_run_dir(model, path, result, model.name)
-        return StudyRun(path.stem, path, {}, result, None)
+        return StudyRun(path.stem, path, _read_model_settings(model) if result.get("model") else {}, result, None)
     eval_json = _newest_eval_json(path)
     run = _from_run_dir(path, path, _read_json(eval_json) if eval_json else None, path.name)
     if run.result is None and run.validation is None and not run.curves:

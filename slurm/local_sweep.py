@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # options may follow the table and the overrides
     overrides = list(args.overrides) + ([f"run_dir={args.output_root}"] if args.output_root else [])
     if args.nproc_per_node < 1:
         print("seq2vae sweep: --nproc-per-node must be >= 1", file=sys.stderr)
