@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from .options import JobOptions, resolve_layout
-from .render import sweep_rows
+from .render import REQUEUE_EXIT_CODE, sweep_rows
 from .run_config import TRAINER_MODULE, check_config_file
 from .sweep import read_sweep_table
 
@@ -105,9 +105,11 @@ def run_row(config: Path, row: SweepRow, overrides: list[str], nproc: int, eval_
         verb = f"resuming from step {done}" if done else "training"
         print(f"row {row.index}: {verb} in {row.run_dir}: {' '.join(row.overrides)}", flush=True)
         code = subprocess.call(training_command(config, row, overrides, nproc))
+        done = trained_steps(row.run_dir)
+        if code == REQUEUE_EXIT_CODE:  # saved on a stop signal: the next run resumes it
+            return f"preempted at step {done}"
         if code != 0:
             return f"failed (training exit {code})"
-        done = trained_steps(row.run_dir)
         if done < row.total_steps:  # stopped on purpose (stop_at_step) or by a signal: resumable
             return f"stopped at step {done}"
     print(f"row {row.index}: evaluating {row.run_dir} on the valid split of {row.eval_data}", flush=True)
