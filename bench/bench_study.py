@@ -8,6 +8,7 @@ report (markdown, CSV, figures) lands in OUTPUT/report.
 
     python bench/bench_study.py                       # 4 rows, 1,000 training steps in all (bench/RESULTS.md)
     python bench/bench_study.py --output /tmp/study phases.1.steps=300
+    OMP_NUM_THREADS=1 python bench/bench_study.py   # on a machine shared with other jobs
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ end it prints a summary table and writes `seq2vae report` over every row into RE
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import subprocess
 import sys
@@ -124,8 +125,6 @@ def run_row(config: Path, row: SweepRow, overrides: list[str], nproc: int, eval_
 
 
 def _summary_value(row: SweepRow, key: str) -> str:
-    import json
-
     if not row.eval_json.is_file():
         return "-"
     value = json.loads(row.eval_json.read_text()).get("metrics", {}).get(key)
