@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "quickstart": (".train.quickstart", "main", "synthetic corpus -> shards -> train -> eval, on CPU"),
     "export": (".train.export", "main", "write a save_pretrained directory from a run's checkpoint"),
     "generate": (".model.cli", "main", "reconstruct, sample and interpolate with a trained model"),
+    "sweep": (".slurm.local_sweep", "main", "run a sweep table's rows one after another on this machine, then report"),
+    "report": (".evaluation.study_report", "main", "markdown + CSV + figures comparing runs or eval results"),
 }
 
 

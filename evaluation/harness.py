@@ -49,6 +49,7 @@ from .metrics import (
     mutual_information,
     perplexity,
 )
+from .latents import latent_sample
 from .probe import discrete_factors, encode_labels, linear_probe
 from .reconstruction import corpus_bleu, exact_match, token_accuracy
 
@@ -82,12 +83,13 @@ class EvalConfig:
     interpolation_steps: int = doc(5, "points on each interpolation line, endpoints included")
     max_new_tokens: int = doc(64, "generation cap for prior samples and interpolations")
     probe_test_fraction: float = doc(0.2, "held-out share of sentences for the linear probes on mu")
+    num_saved_latents: int = doc(1000, "posterior means (with metadata) of the first N sentences kept in the result, for plots")
 
     def __post_init__(self) -> None:
         for name in ("iw_samples", "batch_size", "decoder_batch_size", "mi_mini_batch_size", "interpolation_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_examples", "num_prior_samples", "num_interpolations", "max_reconstructions"):
+        for name in ("num_examples", "num_prior_samples", "num_interpolations", "max_reconstructions", "num_saved_latents"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"eval.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.probe_test_fraction < 1.0:
@@ -466,6 +468,7 @@ def evaluate(model, samples: list[dict], config: EvalConfig | None = None) -> di
         "probes": _probe_report(stats["mu"], samples, config),
         "prior_samples": prior_samples,
         "interpolations": interpolations,
+        "latents": latent_sample(stats["mu"], samples, config.num_saved_latents),
         "notes": notes,
         "config": config.to_dict(),
         "world_size": rank_and_world()[1],

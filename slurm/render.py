@@ -72,7 +72,7 @@ def render_job(
     if kind == "train":
         read_run_facts(config_path, overrides, module, layout.world_size)
     elif kind == "sweep":
-        rows = _sweep_rows(config_path, overrides, read_sweep_table(sweep_table), module, layout, sweep_table)
+        rows = sweep_rows(config_path, overrides, read_sweep_table(sweep_table), module, layout, sweep_table)
         kind_values["sweep_table"] = str(Path(sweep_table).resolve())
         kind_values["sweep_rows"] = "\n".join(f"    {i}) ROW=({_bash_words(row)}) ;;" for i, row in enumerate(rows))
     else:
@@ -128,7 +128,7 @@ def _eval_values(config_path: Path, overrides: list[str], options: JobOptions) -
     }
 
 
-def _sweep_rows(
+def sweep_rows(
     config_path: Path,
     overrides: list[str],
     table_rows: list[list[str]],

@@ -59,7 +59,7 @@ class BetaSchedule:
 @dataclass
 class PhaseConfig:
     name: str = doc("vae", "phase name (unique; used in logs and checkpoints)")
-    steps: int = doc(1000, "optimizer steps in this phase")
+    steps: int = doc(1000, "optimizer steps in this phase (0 skips it, e.g. a VAE trained without the autoencoder phase)")
     beta: BetaSchedule = doc(default_factory=BetaSchedule, help="KL weight schedule within the phase")
     free_bits: float = doc(0.0, "KL threshold lambda in nats per latent dimension (0 = off)")
     free_bits_mode: Literal["dimension", "batch"] = doc(
@@ -166,7 +166,7 @@ def validate_train_config(config: TrainConfig) -> TrainConfig:
         key = f"phases.{i}"
         _require(bool(phase.name), f"{key}.name", "must not be empty")
         _require(phase.name not in names[:i], f"{key}.name", f"phase name {phase.name!r} is already used by an earlier phase")
-        _require(phase.steps > 0, f"{key}.steps", f"must be > 0, got {phase.steps}")
+        _require(phase.steps >= 0, f"{key}.steps", f"must be >= 0 (0 skips the phase), got {phase.steps}")
         _require(phase.free_bits >= 0, f"{key}.free_bits", f"must be >= 0, got {phase.free_bits}")
         for rate in ("deletion_rate", "masking_rate"):
             value = getattr(phase, rate)
@@ -192,6 +192,7 @@ def validate_train_config(config: TrainConfig) -> TrainConfig:
             _require(beta.warmup_steps >= 0, f"{key}.beta.warmup_steps", "must be >= 0")
         _require(beta.cycles >= 1, f"{key}.beta.cycles", "must be >= 1")
         _require(0 < beta.ratio <= 1, f"{key}.beta.ratio", "must be in (0, 1]")
+    _require(config.total_steps > 0, "phases", "every phase has 0 steps: nothing to train")
     optim = config.optim
     _require(optim.lr > 0, "optim.lr", "must be > 0")
     _require(optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")

@@ -50,7 +50,7 @@ def test_overrides_beat_yaml_and_index_phases():
         ("precision=fp16", "precision"),
         ("phases.0.freeze=[decoder,attention]", "phases.0.freeze"),
         ("phases.1.name=autoencoder", "phases.1.name"),
-        ("phases.0.steps=0", "phases.0.steps"),
+        ("phases.0.steps=-1", "phases.0.steps"),
         ("phases.0.masking_rate=1.0", "phases.0.masking_rate"),
         ("phases.1.deletion_rate=-0.1", "phases.1.deletion_rate"),
         ("data.micro_batch_size=0", "data.micro_batch_size"),

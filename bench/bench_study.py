@@ -1,0 +1,78 @@
+"""The paper's study in miniature on CPU: configs/paper/small-grid.tsv on configs/paper/small.yaml.
+
+Writes the synthetic corpus, the offline tokenizer and the shards (the quickstart's own functions),
+runs every row with `seq2vae sweep` (train, evaluate, resumable: run it again after an interruption)
+and prints the table of the finding the paper reports: without the autoencoder phase and without a
+KL threshold the posterior collapses (KL ~ 0, no active units); with them it does not. The full
+report (markdown, CSV, figures) lands in OUTPUT/report.
+
+    python bench/bench_study.py                       # 4 rows, 1,000 training steps in all (bench/RESULTS.md)
+    python bench/bench_study.py --output /tmp/study phases.1.steps=300
+    OMP_NUM_THREADS=1 python bench/bench_study.py   # on a machine shared with other jobs
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+from pathlib import Path
+
+from seq2vae.slurm import local_sweep
+from seq2vae.train.quickstart import prepare_corpus, prepare_shards, prepare_tokenizer
+
+PAPER_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "paper"
+TABLE_COLUMNS = (
+    ("run", "run"), ("phases.0.steps", "phase-1 steps"), ("phases.1.deletion_rate", "deletion"),
+    ("phases.1.free_bits", "lambda"), ("recon_nll", "recon"), ("kl", "KL"), ("neg_elbo", "-ELBO"),
+    ("iw_nll", "IW-NLL"), ("mi_dataset", "MI"), ("active_units", "AU"), ("bleu", "BLEU"), ("probe_topic", "topic probe"),
+)
+
+
+def print_table(report_csv: Path) -> None:
+    """The report's CSV as a markdown table of the columns the finding needs (for bench/RESULTS.md)."""
+    with report_csv.open() as stream:
+        rows = list(csv.DictReader(stream))
+    columns = [(key, title) for key, title in TABLE_COLUMNS if any(key in row for row in rows)]
+    print("| " + " | ".join(title for _, title in columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        cells = []
+        for key, _ in columns:
+            value = row.get(key, "")
+            try:
+                number = float(value)
+                value = value if key in ("run", "active_units", "phases.0.steps") else f"{number:.2f}"
+            except ValueError:
+                pass
+            cells.append(value or "-")
+        print("| " + " | ".join(cells) + " |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default="runs/paper-small", help="corpus, shards, runs and report")
+    parser.add_argument("--sentences", type=int, default=20_000)
+    parser.add_argument("--eval-args", default="--iw-samples 10 --max-sentences 300 --prior-samples 3")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every row")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    output = Path(args.output).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    corpus = prepare_corpus(output, args.sentences, seed=0)
+    tokenizer = prepare_tokenizer(output, corpus, "debug-t5", vocab_size=1000)
+    shards = prepare_shards(output, corpus, tokenizer, valid_fraction=0.05, seed=0)
+    status = local_sweep.main([
+        str(PAPER_CONFIGS / "small-grid.tsv"), "--config", str(PAPER_CONFIGS / "small.yaml"),
+        "--output-root", str(output / "runs"), "--report-dir", str(output / "report"), "--eval-args", args.eval_args,
+        f"data.train={shards}", f"model.tokenizer={tokenizer}", *args.overrides,
+    ])
+    report_csv = output / "report" / "report.csv"
+    if report_csv.is_file():
+        print(f"\n{report_csv}:\n")
+        print_table(report_csv)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

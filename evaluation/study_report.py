@@ -1,0 +1,187 @@
+"""`seq2vae report`: one page (markdown + CSV + PNG figures) comparing the runs of a study.
+
+    seq2vae report runs/paper/task-* --output runs/paper/report
+    seq2vae report a/eval.json b/eval.json --output report/
+
+Writes OUTPUT/report.md (the page, figures embedded), OUTPUT/report.csv (one row per run: the
+settings that differ between runs, then recon, KL, -ELBO, IW-NLL, perplexities, MI, AU, BLEU and
+probe accuracies) and the PNGs. Inputs are run directories or `seq2vae eval` JSON files
+(`seq2vae.evaluation.study_runs` says what is read from each). `write_report` is the same as a function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import sys
+from pathlib import Path
+from typing import Any
+
+from .report import format_comparison
+from .study_runs import ReportError, StudyRun, load_runs, varied_settings
+
+# Metric columns after the settings: (CSV column = key in the eval JSON's metrics, markdown header).
+METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("recon_nll", "recon"),
+    ("kl", "KL"),
+    ("neg_elbo", "-ELBO"),
+    ("iw_nll", "IW-NLL"),
+    ("iw_samples", "K"),
+    ("ppl_elbo_per_token", "PPL/tok (ELBO)"),
+    ("ppl_iw_per_token", "PPL/tok (IW)"),
+    ("ppl_elbo_per_word", "PPL/word (ELBO)"),
+    ("ppl_iw_per_word", "PPL/word (IW)"),
+    ("mi_dataset", "MI (set)"),
+    ("mi_mini_batch", "MI (batch)"),
+    ("active_units", "AU"),
+    ("latent_dim", "Z"),
+    ("bleu", "BLEU"),
+)
+
+
+def _metric_values(run: StudyRun) -> dict[str, Any]:
+    metrics = run.metrics
+    values = {key: metrics.get(key) for key, _ in METRIC_COLUMNS}
+    values["iw_samples"] = run.iw_samples
+    values["bleu"] = (run.result or {}).get("reconstruction", {}).get("bleu")
+    for factor, probe in sorted((run.result or {}).get("probes", {}).get("factors", {}).items()):
+        values[f"probe_{factor}"] = probe.get("accuracy")
+        values[f"probe_{factor}_majority"] = probe.get("majority_baseline")
+    values["metrics_from"] = run.metrics_from
+    return values
+
+
+def report_rows(runs: list[StudyRun]) -> tuple[list[str], list[dict[str, Any]]]:
+    """(columns, one dict per run): run, the varied settings, the metrics, probe accuracies, source."""
+    settings = varied_settings(runs)
+    rows = []
+    for run in runs:
+        row: dict[str, Any] = {"run": run.name}
+        row.update({key: run.settings.get(key) for key in settings})
+        row.update(_metric_values(run))
+        row["source"] = str(run.source)
+        rows.append(row)
+    probe_columns = sorted({key for row in rows for key in row if key.startswith("probe_")})
+    columns = ["run", *settings, *(key for key, _ in METRIC_COLUMNS), *probe_columns, "metrics_from", "source"]
+    return columns, rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) >= 1e4 or (value != 0 and abs(value) < 1e-2) else f"{value:.2f}"
+    return str(value).replace("|", "\\|")
+
+
+def _setting_label(run: StudyRun, settings: list[str]) -> str:
+    """The run's name and its first varied settings by their last two key parts ('task-3: 1.free_bits=3')."""
+    shown = ", ".join(f"{'.'.join(key.split('.')[-2:])}={_cell(run.settings.get(key))}" for key in settings[:3])
+    return f"{run.name}: {shown}" if shown else run.name
+
+
+def write_csv(columns: list[str], rows: list[dict[str, Any]], path: Path) -> Path:
+    with path.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows([{key: ("" if row.get(key) is None else row.get(key)) for key in columns} for row in rows])
+    return path
+
+
+def _markdown_table(columns: list[str], rows: list[dict[str, Any]]) -> list[str]:
+    headers = dict(METRIC_COLUMNS)
+    shown = [column for column in columns if column not in ("source", "metrics_from") and not column.endswith("_majority")]
+    lines = [
+        "| " + " | ".join(headers.get(column, column) for column in shown) + " |",
+        "|" + "---|" * len(shown),
+    ]
+    lines += ["| " + " | ".join(_cell(row.get(column)) for column in shown) + " |" for row in rows]
+    return lines
+
+
+def _figures(runs: list[StudyRun], settings: list[str], output: Path) -> list[tuple[str, Path]]:
+    """(section title, PNG path) for every figure that had data."""
+    from . import study_figures as figures
+
+    made = [
+        ("Training curves (reconstruction, KL, beta)", figures.training_curves(runs, output / "training_curves.png")),
+        ("KL per latent dimension", figures.kl_per_dimension(runs, output / "kl_per_dimension.png")),
+        (
+            "MI, active units and IW-NLL against the varied settings",
+            figures.metrics_by_setting(runs, [_setting_label(run, settings) for run in runs], output / "metrics_by_setting.png"),
+        ),
+    ]
+    for index, run in enumerate(runs):
+        made.append((f"Posterior means of {run.name} (PCA)", figures.latent_pca(run, output / f"pca_{index:02d}.png")))
+    return [(title, path) for title, path in made if path is not None]
+
+
+def write_report(inputs: list[Path], output: Path) -> Path:
+    """Writes report.md, report.csv and the figures for `inputs` into `output`; returns report.md's path.
+
+    Raises ReportError (a ValueError) naming the path of an input that is missing or holds no metrics.
+    """
+    runs = load_runs(list(inputs))
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    columns, rows = report_rows(runs)
+    settings = varied_settings(runs)
+    csv_path = write_csv(columns, rows, output / "report.csv")
+    figures = _figures(runs, settings, output)
+
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    lines = [
+        "# seq2vae study report",
+        "",
+        f"{len(runs)} runs, written {created}. Settings shown are the config keys that differ between runs; "
+        f"metrics are in nats per sentence (see the evaluation conventions in README.md). "
+        f"Every value, with the majority baselines of the probes, is in [{csv_path.name}]({csv_path.name}).",
+        "",
+        "## Runs",
+        "",
+        *_markdown_table(columns, rows),
+        "",
+    ]
+    for title, path in figures:
+        lines += [f"## {title}", "", f"![{title}]({path.name})", ""]
+    notes = [(run.name, note) for run in runs for note in (run.result or run.validation or {}).get("notes", [])]
+    if notes:
+        lines += ["## Notes", "", *(f"- **{name}**: {note}" for name, note in notes), ""]
+    lines += [
+        "## All metrics side by side",
+        "",
+        "```text",
+        format_comparison([(run.name, run.as_eval_result()) for run in runs]),
+        "```",
+        "",
+        "## Sources",
+        "",
+        *(f"- {run.name}: `{run.source}` (metrics from {run.metrics_from})" for run in runs),
+        "",
+    ]
+    report = output / "report.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seq2vae report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("inputs", nargs="+", metavar="RUN_DIR_OR_EVAL_JSON", help="run directories and/or eval JSON files")
+    parser.add_argument("--output", required=True, help="directory for report.md, report.csv and the figures")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = write_report([Path(path) for path in args.inputs], Path(args.output))
+    except ReportError as error:
+        print(f"seq2vae report: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {report} and {report.with_suffix('.csv').name} with its figures")
+    return 0

@@ -1,0 +1,58 @@
+"""configs/paper: the reference study's config and grid load, every grid row validates, and a phase
+with 0 steps (the grid's "vanilla" rows) is skipped rather than rejected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from seq2vae.config import ConfigError
+from seq2vae.slurm.sweep import read_sweep_table
+from seq2vae.train.config import load_train_config
+from seq2vae.train.trainer import phase_at
+
+PAPER = Path(__file__).resolve().parents[2] / "configs" / "paper"
+
+
+@pytest.fixture
+def base_config(tmp_path) -> Path:
+    """base.yaml with memory injection: `model.injection: prefix` validates once the prefix branch is merged."""
+    text = (PAPER / "base.yaml").read_text()
+    assert yaml.safe_load(text)["model"]["injection"] == "prefix"
+    path = tmp_path / "base.yaml"
+    path.write_text(text.replace("injection: prefix", "injection: memory"))
+    return path
+
+
+def test_base_is_the_reference_setup(base_config):
+    config = load_train_config(base_config)
+    model, (autoencoder, vae) = config.model, config.phases
+    assert (model.backbone, model.latent_dim, model.pooling) == ("t5-base", 32, "max")
+    assert autoencoder.beta.value == 0 and autoencoder.deletion_rate > 0 and "decoder" in autoencoder.freeze
+    assert vae.free_bits > 0 and vae.free_bits_mode == "dimension" and vae.beta.kind == "linear"
+
+
+def test_every_grid_row_validates_and_covers_the_reference_grid(base_config):
+    rows = [dict(cell.split("=", 1) for cell in row) for row in read_sweep_table(PAPER / "grid.tsv")]
+    configs = [load_train_config(base_config, [f"{k}={v}" for k, v in row.items()]) for row in rows]
+    assert {c.phases[1].free_bits for c in configs} == {0.0, 0.5, 3.0, 6.0}
+    assert {c.phases[1].deletion_rate for c in configs} == {0.0, 0.15, 0.4}
+    assert {tuple(c.phases[0].freeze) for c in configs if c.phases[0].steps} == {("decoder", "latent"), ()}
+    vanilla = [c for c in configs if c.phases[0].steps == 0]
+    assert len(vanilla) == 3 and all(c.total_steps == c.phases[1].steps for c in vanilla)
+
+
+def test_small_study_loads_and_its_grid_validates():
+    rows = read_sweep_table(PAPER / "small-grid.tsv")
+    configs = [load_train_config(PAPER / "small.yaml", row) for row in rows]
+    assert configs[0].phases[0].steps == 0 and configs[0].phases[1].free_bits == 0
+    assert any(c.phases[0].steps > 0 and c.phases[1].free_bits > 0 for c in configs)
+
+
+def test_a_zero_step_phase_is_skipped_and_all_zero_is_refused():
+    config = load_train_config(PAPER / "small.yaml", ["phases.0.steps=0", "phases.1.steps=5"])
+    assert [phase_at(config.phases, step) for step in (0, 4)] == [(1, 0), (1, 4)]
+    with pytest.raises(ConfigError, match="key 'phases'.*0 steps"):
+        load_train_config(PAPER / "small.yaml", ["phases.0.steps=0", "phases.1.steps=0"])
