@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from seq2vae.config import ConfigError
 from seq2vae.slurm.sweep import read_sweep_table
@@ -17,19 +16,14 @@ PAPER = Path(__file__).resolve().parents[2] / "configs" / "paper"
 
 
 @pytest.fixture
-def base_config(tmp_path) -> Path:
-    """base.yaml with memory injection: `model.injection: prefix` validates once the prefix branch is merged."""
-    text = (PAPER / "base.yaml").read_text()
-    assert yaml.safe_load(text)["model"]["injection"] == "prefix"
-    path = tmp_path / "base.yaml"
-    path.write_text(text.replace("injection: prefix", "injection: memory"))
-    return path
+def base_config() -> Path:
+    return PAPER / "base.yaml"
 
 
 def test_base_is_the_reference_setup(base_config):
     config = load_train_config(base_config)
     model, (autoencoder, vae) = config.model, config.phases
-    assert (model.backbone, model.latent_dim, model.pooling) == ("t5-base", 32, "max")
+    assert (model.backbone, model.latent_dim, model.pooling, model.injection) == ("t5-base", 32, "max", "prefix")
     assert autoencoder.beta.value == 0 and autoencoder.deletion_rate > 0 and "decoder" in autoencoder.freeze
     assert vae.free_bits > 0 and vae.free_bits_mode == "dimension" and vae.beta.kind == "linear"
 
