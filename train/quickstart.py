@@ -96,6 +96,7 @@ def main(argv: list[str]) -> int:
     shards = prepare_shards(output, corpus, tokenizer, args.valid_fraction, args.seed)
 
     from ..evaluation import cli as evaluation_cli
+    from ..evaluation.study_report import write_report
     from .config import load_train_config
     from .distributed import shutdown_world
     from .export import export_run
@@ -115,12 +116,17 @@ def main(argv: list[str]) -> int:
     model_dir = export_run(run_dir, output / "model")
     log.info("training finished at step %d; exported the model to %s", summary["final_step"], model_dir)
 
-    metrics = output / "metrics.json"
+    # Inside the run directory, so the report finds the run's curves and its final metrics together.
+    metrics = run_dir / "eval.json"
     status = evaluation_cli.main([
         "--model", str(model_dir), "--data", str(shards), "--split", "valid",
         "--iw-samples", str(args.iw_samples), "--seed", str(args.seed), "--output", str(metrics),
     ])
+    if status != 0:
+        return status
+    report = write_report([run_dir], output / "report")
     print(f"\nmetrics:      {metrics}")
+    print(f"report:       {report}   (curves, KL per dimension, PCA of mu by factor)")
     print(f"model:        {model_dir}   (try: seq2vae generate --model {model_dir} --sample 5)")
     print(f"tensorboard:  tensorboard --logdir {run_dir / 'tensorboard'} --samples_per_plugin=text=100")
     return status

@@ -16,7 +16,7 @@ def test_quickstart_trains_a_model_that_has_not_collapsed(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "tensorboard --logdir" in result.stdout and "active units" in result.stdout
 
-    record = json.loads((output / "metrics.json").read_text())
+    record = json.loads((output / "run" / "eval.json").read_text())
     metrics = record["metrics"]
     assert metrics["kl"] > 1.0, metrics  # nats per sentence: the posterior is not the prior
     assert metrics["active_units"] >= 4, metrics
@@ -24,6 +24,9 @@ def test_quickstart_trains_a_model_that_has_not_collapsed(tmp_path):
     assert metrics["iw_nll"] <= metrics["neg_elbo"] + 1e-3, metrics  # the IW bound is never looser
     assert (output / "model" / "vae_config.json").is_file()
     assert any((output / "run" / "tensorboard").iterdir())
+    report = (output / "report" / "report.md").read_text()
+    assert "report:" in result.stdout and "](" in report  # the page embeds its figures
+    assert sorted((output / "report").glob("*.png")) and (output / "report" / "report.csv").is_file()
 
     # A second run reuses every finished stage and does not train again.
     again = subprocess.run(command, capture_output=True, text=True, timeout=900)
