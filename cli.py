@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "quickstart": (".train.quickstart", "main", "synthetic corpus -> shards -> train -> eval, on CPU"),
     "export": (".train.export", "main", "write a save_pretrained directory from a run's checkpoint"),
     "generate": (".model.cli", "main", "reconstruct, sample and interpolate with a trained model"),
+    "plan": (".plan.cli", "main", "will a config fit a cluster: memory per rank and node, traffic, FLOPs, advice"),
 }
 
 
