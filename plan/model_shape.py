@@ -57,8 +57,13 @@ def _checkpoint_dtype_bytes(config) -> int:
     return _DTYPE_BYTES.get(str(dtype).removeprefix("torch."), 4)
 
 
-def count_on_meta(backbone_config, vae_config: VAEConfig) -> tuple[tuple[int, ...], int]:
-    """Builds the VAE on the meta device. Returns (numel of every parameter, largest per-module numel)."""
+def count_on_meta(backbone_config, vae_config: VAEConfig) -> tuple[tuple[int, ...], int, bool]:
+    """Builds the VAE on the meta device.
+
+    Returns (numel of every parameter, largest per-module numel, whether the LM head is tied to the
+    input embedding). The tie is read from the built model, not the config: transformers 5 ties T5's
+    LM head even when config.json says `tie_word_embeddings: false` (T5 v1.1, flan-T5).
+    """
     from transformers import AutoModelForSeq2SeqLM
 
     from ..model.vae import Seq2SeqVAE
@@ -68,7 +73,9 @@ def count_on_meta(backbone_config, vae_config: VAEConfig) -> tuple[tuple[int, ..
         vae = Seq2SeqVAE(backbone, vae_config)
     sizes = tuple(parameter.numel() for parameter in vae.parameters())
     largest = max(sum(p.numel() for p in module.parameters(recurse=False)) for module in vae.modules())
-    return sizes, largest
+    output = backbone.get_output_embeddings()
+    tied = output is not None and output.weight is backbone.get_input_embeddings().weight
+    return sizes, largest, tied
 
 
 def model_shape(backbone_config, vae_config: VAEConfig) -> ModelShape:
@@ -87,7 +94,6 @@ def model_shape(backbone_config, vae_config: VAEConfig) -> ModelShape:
             encoder_layers=backbone_config.num_layers,
             decoder_layers=_attr(backbone_config, "num_decoder_layers", default=backbone_config.num_layers),
             gated_ffn=bool(getattr(backbone_config, "is_gated_act", False)),
-            tied_lm_head=bool(getattr(backbone_config, "tie_word_embeddings", True)),
         )
     elif family in ("bart", "mbart"):
         if backbone_config.encoder_ffn_dim != backbone_config.decoder_ffn_dim:
@@ -101,13 +107,13 @@ def model_shape(backbone_config, vae_config: VAEConfig) -> ModelShape:
             encoder_layers=backbone_config.encoder_layers,
             decoder_layers=backbone_config.decoder_layers,
             gated_ffn=False,
-            tied_lm_head=bool(getattr(backbone_config, "tie_word_embeddings", True)),
         )
     else:
         raise ValueError(f"model.backbone: the planner knows T5 and BART backbones, not model_type {family!r}")
-    sizes, largest = count_on_meta(backbone_config, vae_config)
+    sizes, largest, tied = count_on_meta(backbone_config, vae_config)
     return ModelShape(
         **shape,
+        tied_lm_head=tied,
         vocab_size=backbone_config.vocab_size,
         latent_dim=vae_config.latent_dim,
         memory_states=vae_config.memory_states if vae_config.injection != "embedding" else 1,

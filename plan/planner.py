@@ -345,18 +345,15 @@ def recommended_overrides(plan: Plan) -> list[str]:
     preset = {
         (1, False, False): "zero1",
         (2, False, False): "zero2",
+        (2, True, False): "zero2_offload",
         (3, False, False): "zero3",
+        (3, True, False): "zero3_offload_optimizer",
         (3, True, True): "zero3_offload",
-    }.get((zero.stage, zero.offload_optimizer, zero.offload_param))
+    }[(zero.stage, zero.offload_optimizer, zero.offload_param)]
     if (zero.stage, zero.offload_optimizer, zero.offload_param) != (
         current.zero.stage, current.zero.offload_optimizer, current.zero.offload_param
     ):
-        if preset:
-            overrides.append(f"deepspeed={preset}")
-        else:
-            overrides.append(
-                f"deepspeed=<a copy of zero{zero.stage}.json with zero_optimization.offload_optimizer.device=cpu>"
-            )
+        overrides.append(f"deepspeed={preset}")
     if recommendation.micro_batch_size != current.micro_batch_size:
         overrides.append(f"data.micro_batch_size={recommendation.micro_batch_size}")
     if recommendation.gradient_checkpointing != current.gradient_checkpointing:
