@@ -257,7 +257,7 @@ def _source_length(config: TrainConfig, source_length: int | None) -> tuple[int,
         return DEFAULT_SOURCE_LENGTH, f"default {DEFAULT_SOURCE_LENGTH} (no readable meta.json in data.train)"
 
 
-def resolved_zero_setting(config: TrainConfig, world_size: int, d_model: int) -> ZeroSetting:
+def resolved_zero_setting(config: TrainConfig, world_size: int, d_model: int, ranks_per_node: int) -> ZeroSetting:
     from ..train.ds_config import load_ds_template, resolve_ds_config
 
     template, source = load_ds_template(config.deepspeed)
@@ -270,6 +270,8 @@ def resolved_zero_setting(config: TrainConfig, world_size: int, d_model: int) ->
         optim=config.optim,
         precision=config.precision,
         source=source,
+        device_type="cuda",  # the planner plans GPU runs
+        ranks_per_node=ranks_per_node,
     )
     return ZeroSetting.from_ds_config(ds_config)
 
@@ -289,7 +291,7 @@ def plan_run(config: TrainConfig, layout: ClusterLayout, source_length: int | No
     world = layout.world_size
     length, length_from = _source_length(config, source_length)
     accumulation = gradient_accumulation_steps(config.data, world)
-    configured_zero = resolved_zero_setting(config, world, shape.d_model)
+    configured_zero = resolved_zero_setting(config, world, shape.d_model, layout.gpus_per_node)
     precision = config.precision
     current = estimate(shape, configured_zero, config.data.micro_batch_size, config.model.gradient_checkpointing, length, precision, layout)
 
@@ -342,24 +344,25 @@ def recommended_overrides(plan: Plan) -> list[str]:
     recommendation, current = plan.recommendation, plan.estimate
     overrides = []
     zero = recommendation.zero
+    def kind(setting: ZeroSetting) -> tuple:
+        return setting.stage, setting.offload_optimizer, setting.offload_param, setting.hpz_partition_size > 1
+
+    # Every setting the ladder offers is a packaged preset; zero3_hpz sizes hpZ to the node itself.
     preset = {
-        (1, False, False): "zero1",
-        (2, False, False): "zero2",
-        (2, True, False): "zero2_offload",
-        (3, False, False): "zero3",
-        (3, True, False): "zero3_offload_optimizer",
-        (3, True, True): "zero3_offload",
-    }[(zero.stage, zero.offload_optimizer, zero.offload_param)]
-    if (zero.stage, zero.offload_optimizer, zero.offload_param) != (
-        current.zero.stage, current.zero.offload_optimizer, current.zero.offload_param
-    ):
+        (1, False, False, False): "zero1",
+        (2, False, False, False): "zero2",
+        (2, True, False, False): "zero2_offload",
+        (3, False, False, False): "zero3",
+        (3, False, False, True): "zero3_hpz",
+        (3, True, False, False): "zero3_offload_optimizer",
+        (3, True, True, False): "zero3_offload",
+    }[kind(zero)]
+    if kind(zero) != kind(current.zero):
         overrides.append(f"deepspeed={preset}")
     if recommendation.micro_batch_size != current.micro_batch_size:
         overrides.append(f"data.micro_batch_size={recommendation.micro_batch_size}")
     if recommendation.gradient_checkpointing != current.gradient_checkpointing:
         overrides.append(f"model.gradient_checkpointing={str(recommendation.gradient_checkpointing).lower()}")
-    if zero.hpz_partition_size != current.zero.hpz_partition_size:
-        overrides.append(f"(DeepSpeed JSON) zero_optimization.zero_hpz_partition_size={zero.hpz_partition_size}")
     return overrides
 
 

@@ -39,7 +39,7 @@ def test_json_shape_and_a_fitting_11b_run_on_four_nodes(backbone_dirs, capsys):
     assert recommendation["fits"] and recommendation["zero_stage"] == 3 and recommendation["zero_hpz_partition_size"] == 8
     # Global batch 512 on 32 ranks allows up to 16 sentences per rank without accumulation.
     assert recommendation["micro_batch_size"] == 16
-    assert "(DeepSpeed JSON) zero_optimization.zero_hpz_partition_size=8" in recommendation["overrides"]
+    assert recommendation["overrides"] == ["deepspeed=zero3_hpz", "data.micro_batch_size=16"]
 
 
 def test_a_run_that_cannot_fit_says_what_to_change(backbone_dirs, capsys):
