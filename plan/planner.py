@@ -392,9 +392,9 @@ def _notes(plan: Plan, ladder, checkpointing_choices, micro_choices) -> list[str
     if current.fits and current.zero.stage > 1:
         cheaper = _best(plan.shape, [z for z in ladder if z.stage < current.zero.stage and not z.offload_optimizer],
                         checkpointing_choices, micro_choices, plan.source_length, plan.precision, plan.layout)
-        if cheaper is not None:
-            traffic = step_traffic(plan.parameters, cheaper.zero, plan.layout.world_size, plan.layout.nodes,
-                                   plan.accumulation, plan.precision)
+        traffic = cheaper and step_traffic(plan.parameters, cheaper.zero, plan.layout.world_size, plan.layout.nodes,
+                                           plan.accumulation, plan.precision)
+        if cheaper is not None and traffic.bytes_per_rank_per_step < plan.traffic.bytes_per_rank_per_step:
             notes.append(
                 f"{cheaper.zero.describe()} also fits (micro batch {cheaper.micro_batch_size}, "
                 f"{cheaper.total_bytes / GIB:.1f} GiB per rank) and moves {traffic.bytes_per_rank_per_step / GIB:.1f} GiB "
