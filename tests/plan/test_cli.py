@@ -22,7 +22,7 @@ def run_plan(capsys, *argv: str) -> tuple[int, dict]:
 def test_json_shape_and_a_fitting_11b_run_on_four_nodes(backbone_dirs, capsys):
     code, plan = run_plan(
         capsys, "--config", str(REPO_CONFIGS / "flan-t5-xxl-zero3.yaml"), f"model.backbone={backbone_dirs['flan-t5-xxl']}",
-        "deepspeed=zero3", "--nodes", "4", "--gpus-per-node", "8", "--max-length", "256", "--gpu", "H100",
+        "deepspeed=zero3", "data.micro_batch_size=4", "--nodes", "4", "--gpus-per-node", "8", "--max-length", "256", "--gpu", "H100",
     )
     assert code == 0 and plan["fits"] is True and plan["problems"] == []
     assert 11.0e9 < plan["parameters"] < 11.01e9
