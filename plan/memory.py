@@ -84,12 +84,13 @@ class ModelStateBytes:
     parameters: int
     gradients: int
     optimizer_states: int  # fp32 master partition + AdamW moments
-    buffers: int  # reduce buckets, stage-3 gathered parameters and hpZ secondary partition
+    buffers: int  # reduce buckets, stage-3 persistent parameters and hpZ secondary partition
     host: int  # what offloading puts in host memory, per rank
+    gathered: int = 0  # stage 3: parameters gathered while a step runs (released between steps)
 
     @property
     def device_total(self) -> int:
-        return self.parameters + self.gradients + self.optimizer_states + self.buffers
+        return self.parameters + self.gradients + self.optimizer_states + self.buffers + self.gathered
 
     def to_dict(self) -> dict[str, int]:
         return {**asdict(self), "device_total": self.device_total}
@@ -128,7 +129,8 @@ def model_state_bytes(shape: ModelShape, zero: ZeroSetting, world_size: int, pre
     gradients = 4 * partition
     optimizer = (4 + 8) * partition
     gathered = min(total, zero.max_reuse_distance + shape.largest_module_parameters) + zero.prefetch_bucket_size
-    buffers = p_bytes * min(gathered, total) + p_bytes * zero.reduce_bucket_size + persistent
+    gathered_bytes = p_bytes * min(gathered, total)
+    buffers = p_bytes * zero.reduce_bucket_size + persistent
     if zero.hpz_partition_size > 1:
         # hpZ keeps a secondary copy of the parameters partitioned over the node's GPUs only.
         buffers += p_bytes * math.ceil(total / zero.hpz_partition_size)
@@ -139,7 +141,7 @@ def model_state_bytes(shape: ModelShape, zero: ZeroSetting, world_size: int, pre
     if zero.offload_param:
         host += parameters
         parameters = 0
-    return ModelStateBytes(parameters, gradients, optimizer, buffers, host)
+    return ModelStateBytes(parameters, gradients, optimizer, buffers, host, gathered_bytes)
 
 
 def activation_bytes(shape: ModelShape, micro_batch_size: int, source_length: int, precision: str, checkpointing: bool) -> int:

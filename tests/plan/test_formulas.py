@@ -39,13 +39,13 @@ def test_zero_3_bytes_per_rank(tiny):
     # (8x8 = 64 each) = 768, relative biases 2 x 64, 7 norms x 8, posterior 64 + 8, latent_to_memory
     # 32 + 8: 1064 in all. The model is smaller than the reuse distance, so all of it is gathered at
     # once (2P), plus one bf16 reduce bucket (2 x 64).
-    assert three.buffers == 2 * P + 2 * 64 + 2 * 1064
+    assert (three.gathered, three.buffers) == (2 * P, 2 * 64 + 2 * 1064)
     both = model_state_bytes(tiny, ZeroSetting(stage=3, offload_optimizer=True, offload_param=True, reduce_bucket_size=64,
                                                 persistence_threshold=80), 2, "bf16")
     assert (both.parameters, both.gradients, both.optimizer_states, both.host) == (0, 0, 0, 18 * HALF)
     # hpZ over 2 GPUs adds a secondary bf16 copy partitioned over the node: 2P/2.
     hpz = model_state_bytes(tiny, ZeroSetting(stage=3, reduce_bucket_size=64, persistence_threshold=80, hpz_partition_size=2), 2, "bf16")
-    assert hpz.buffers == three.buffers + 2 * HALF
+    assert hpz.buffers == three.buffers + 2 * HALF and hpz.device_total == three.device_total + 2 * HALF
 
 
 def test_activations_shrink_with_checkpointing_and_grow_with_the_batch(tiny):
