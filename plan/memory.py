@@ -3,8 +3,9 @@
 Model states, for P parameters on W data-parallel ranks, p = 2 (bf16) or 4 (fp32) bytes per parameter,
 gradients accumulated in fp32 (`data_types.grad_accum_dtype`), AdamW (two fp32 moments):
 
-    stage 1, bf16 (engine picks BF16_Optimizer): p P params + 4 P fp32 gradient buffer (full size,
-        `fp32_groups_gradients_flat`) + 4 P/W fp32 master partition + 8 P/W moments
+    stage 1, bf16 (engine picks BF16_Optimizer): p P params + p P bf16 gradients (kept allocated:
+        without `bf16.immediate_grad_update` they are zeroed, not freed) + 4 P fp32 gradient buffer
+        (full size, `fp32_groups_gradients_flat`) + 4 P/W fp32 master partition + 8 P/W moments
     stage 1, fp32: p P params + 4 P gradients (param.grad) + 4 P/W master + 8 P/W moments
     stage 2 (stage_1_and_2.py): p P params + 4 P/W fp32 gradient partition + 4 P/W master + 8 P/W
         moments + reduce buckets (`reduce_bucket_size` elements in p bytes, two with overlap_comm)
@@ -112,7 +113,11 @@ def model_state_bytes(shape: ModelShape, zero: ZeroSetting, world_size: int, pre
     if zero.stage in (1, 2):
         partition = math.ceil(total / world_size)
         parameters = p_bytes * total
-        gradients = 4 * total if zero.stage == 1 else 4 * partition
+        if zero.stage == 1:
+            # bf16: BF16_Optimizer keeps the bf16 .grad tensors next to its fp32 accumulation buffer.
+            gradients = 4 * total + (p_bytes * total if precision == "bf16" and not zero.offload_optimizer else 0)
+        else:
+            gradients = 4 * partition
         optimizer = (4 + 8) * partition
         buckets = 0 if zero.stage == 1 else p_bytes * zero.reduce_bucket_size * (2 if zero.overlap_comm else 1)
         host = 0

@@ -19,10 +19,11 @@ def tiny(backbone_dirs):
 
 
 def test_zero_1_and_2_bytes_per_rank(tiny):
-    # bf16 params everywhere (2P); stage 1 keeps a full fp32 gradient buffer (4P), stage 2 its fp32
-    # partition (4P/2); fp32 master + two AdamW moments on the partition (12P/2).
+    # bf16 params everywhere (2P); stage 1 keeps the bf16 gradients (2P) and a full fp32 gradient
+    # buffer (4P), stage 2 its fp32 partition (4P/2); fp32 master + two AdamW moments on the
+    # partition (12P/2).
     one = model_state_bytes(tiny, ZeroSetting(stage=1, reduce_bucket_size=64), 2, "bf16")
-    assert (one.parameters, one.gradients, one.optimizer_states, one.buffers) == (2 * P, 4 * P, 12 * HALF, 0)
+    assert (one.parameters, one.gradients, one.optimizer_states, one.buffers) == (2 * P, 6 * P, 12 * HALF, 0)
     two = model_state_bytes(tiny, ZeroSetting(stage=2, reduce_bucket_size=64), 2, "bf16")
     # One bf16 reduce bucket of d^2 = 64 elements; overlap_comm doubles it.
     assert (two.parameters, two.gradients, two.optimizer_states, two.buffers) == (2 * P, 4 * HALF, 12 * HALF, 128)
