@@ -32,7 +32,7 @@ import torch
 # ~100M parameters: D 640, 8+8 layers, gated FFN 1664, 10 heads x 64, vocabulary 32128, tied head.
 T5_100M = dict(
     vocab_size=32128, d_model=640, d_kv=64, d_ff=1664, num_layers=8, num_decoder_layers=8, num_heads=10,
-    feed_forward_proj="gated-gelu",
+    feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
 )
 
 

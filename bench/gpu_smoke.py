@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 PRESETS = ["zero1", "zero2", "zero3", "zero3_hpz", "zero2_offload", "zero3_offload_optimizer", "zero3_offload"]
 T5_100M = dict(
     vocab_size=32128, d_model=640, d_kv=64, d_ff=1664, num_layers=8, num_decoder_layers=8, num_heads=10,
-    feed_forward_proj="gated-gelu",
+    feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
 )
 GIB = 2**30
 
