@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": (".model.cli", "main", "reconstruct, sample and interpolate with a trained model"),
     "sweep": (".slurm.local_sweep", "main", "run a sweep table's rows one after another on this machine, then report"),
     "report": (".evaluation.study_report", "main", "markdown + CSV + figures comparing runs or eval results"),
+    "plan": (".plan.cli", "main", "will a config fit a cluster: memory per rank and node, traffic, FLOPs, advice"),
 }
 
 

@@ -71,6 +71,10 @@ def render_job(
     kind_values: dict[str, str] = {}
     if kind == "train":
         read_run_facts(config_path, overrides, module, layout.world_size)
+        if module == TRAINER_MODULE and layout.gpus_per_node > 0:
+            from ..plan.job_check import refuse_if_it_cannot_fit
+
+            refuse_if_it_cannot_fit(config_path, overrides, layout.nodes, layout.gpus_per_node, options.mem)
     elif kind == "sweep":
         rows = sweep_rows(config_path, overrides, read_sweep_table(sweep_table), module, layout, sweep_table)
         kind_values["sweep_table"] = str(Path(sweep_table).resolve())

@@ -102,6 +102,9 @@ class LoggingConfig:
     every_steps: int = doc(10, "write scalars to TensorBoard and metrics.jsonl every N steps")
     histogram_every: int = doc(100, "write the histogram of mu every N steps (0 = never)")
     progress_bar: bool = doc(True, "tqdm progress bar on rank 0")
+    peak_tflops: float | None = doc(
+        None, "peak dense TFLOP/s of one device for perf/mfu; null = look the GPU up in seq2vae.plan.devices (none on CPU)"
+    )
 
 
 @dataclass

@@ -176,6 +176,8 @@ def resolve_ds_config(
     optim: OptimConfig,
     precision: str,
     source: str = "ds_config",
+    device_type: str = "cpu",
+    ranks_per_node: int | None = None,
 ) -> dict[str, Any]:
     """Fills a DeepSpeed template's `"auto"` values. Pure: returns a new dict.
 
@@ -188,6 +190,10 @@ def resolve_ds_config(
         optim: AdamW hyper-parameters and gradient clipping.
         precision: "bf16" enables DeepSpeed's bf16; "fp32" disables it. Gradients accumulate in fp32.
         source: file name used in error messages.
+        device_type: "cuda" or "cpu"; `zero_optimization.overlap_comm: "auto"` is on for CUDA only (it
+            overlaps NCCL on a side stream with backward; CPU ranks have no streams to overlap).
+        ranks_per_node: ranks on one node; `zero_optimization.zero_hpz_partition_size: "auto"` becomes
+            it on a multi-node world (hpZ: backward all-gathers stay inside the node), 1 otherwise.
     Raises:
         DeepSpeedConfigError naming the key: unknown keys, explicit values contradicting the training
         config, fp16 (T5 overflows in it), a DeepSpeed scheduler (the trainer drives the lr), an
@@ -228,6 +234,11 @@ def resolve_ds_config(
     for key, rule in _BUCKET_RULES.items():
         if zero.get(key) == "auto":
             zero[key] = rule(d_model)
+    if zero.get("overlap_comm") == "auto":
+        zero["overlap_comm"] = device_type == "cuda"
+    if zero.get("zero_hpz_partition_size") == "auto":
+        multi_node = ranks_per_node is not None and world_size > ranks_per_node
+        zero["zero_hpz_partition_size"] = ranks_per_node if multi_node else 1
 
     leftover = _find_auto(config)
     if leftover:

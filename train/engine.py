@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,9 @@ def backbone_width(model: VAEConfig) -> int:
     return backbone_config(model).d_model
 
 
-def resolved_ds_config(config: TrainConfig, world_size: int, d_model: int) -> dict[str, Any]:
+def resolved_ds_config(
+    config: TrainConfig, world_size: int, d_model: int, device_type: str = "cpu", ranks_per_node: int | None = None
+) -> dict[str, Any]:
     template, source = load_ds_template(config.deepspeed)
     return resolve_ds_config(
         template,
@@ -53,6 +56,8 @@ def resolved_ds_config(config: TrainConfig, world_size: int, d_model: int) -> di
         optim=config.optim,
         precision=config.precision,
         source=source,
+        device_type=device_type,
+        ranks_per_node=ranks_per_node,
     )
 
 
@@ -66,7 +71,8 @@ def build_engine(config: TrainConfig, world: World, ds_config_path: Path | None 
 
     # Validated before anything is built: a wrong directory should not wait for a backbone to load.
     init_source = resolve_init_from(config.model) if config.model.init_from else None
-    ds_config = resolved_ds_config(config, world.size, backbone_width(config.model))
+    ranks_per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))  # torchrun sets it
+    ds_config = resolved_ds_config(config, world.size, backbone_width(config.model), world.device.type, ranks_per_node)
     if ds_config_path is not None and world.is_main:
         ds_config_path.write_text(json.dumps(ds_config, indent=2) + "\n")
     zero_stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))

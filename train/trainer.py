@@ -48,6 +48,7 @@ from .preflight import check_before_run, world_size_from_environment
 from .run_lock import hold_run_directory
 from .schedules import beta_at, lr_at
 from .signals import REQUEUE_EXIT_CODE, StopRequest
+from .throughput import make_throughput_window
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a non-finite loss on some rank."""
@@ -84,6 +85,7 @@ class StepResult:
     step_time_s: float
     kl_per_dim: torch.Tensor  # [Z] batch mean of the last micro-batch
     mu: torch.Tensor  # [B,Z] of the last micro-batch
+    num_source_tokens: int = 0  # encoder input tokens (after noising) this rank processed in the step
 
 
 def phase_at(phases: list[PhaseConfig], step: int) -> tuple[int, int]:
@@ -162,6 +164,7 @@ class Trainer:
             self.world.is_main, self.run_dir, self.step, config.total_steps, config.logging.progress_bar
         )
         self._phase_index: int | None = None
+        self.throughput = make_throughput_window(config, self.parts.vae, self.world.device)
 
     # ------------------------------------------------------------------------------------ state
     def _resume(self) -> dict | None:
@@ -225,7 +228,7 @@ class Trainer:
         beta = beta_at(phase.beta, step_in_phase, phase.steps)
         set_learning_rate(self.parts.optimizer, lr_at(self.config.optim, self.step, self.config.total_steps))
         totals = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "kl_thresholded": 0.0}
-        skipped, data_wait, num_tokens, num_samples = False, 0.0, 0, 0
+        skipped, data_wait, num_tokens, num_samples, num_source_tokens = False, 0.0, 0, 0, 0
         for _ in range(self.accumulation):
             batch, wait = self._next_batch()
             data_wait += wait
@@ -250,6 +253,7 @@ class Trainer:
                 totals[key] += float(parts[key]) / self.accumulation
             num_tokens += int(output.num_tokens.sum())
             num_samples += int(batch["labels"].shape[0])
+            num_source_tokens += int(batch["attention_mask"].sum())
         if skipped and self.engine.was_step_applied():
             raise RuntimeError("internal: DeepSpeed applied an optimizer step the trainer meant to skip")
         # DeepSpeed drops a step itself when the gradient norm is not finite with a finite loss (same on all ranks).
@@ -264,6 +268,7 @@ class Trainer:
             step_time_s=time.perf_counter() - started,
             kl_per_dim=output.kl_per_dim.detach().float().mean(0).cpu(),
             mu=output.mu.detach().float().cpu(),
+            num_source_tokens=num_source_tokens,
         )
 
     def record_skip(self, skipped: bool) -> None:
@@ -281,15 +286,13 @@ class Trainer:
 
     def _memory(self) -> dict[str, float]:
         gib = 2**30
-        values = {"memory/max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / gib}
-        if self.world.device.type == "cuda":
-            values["memory/allocated_gib"] = torch.cuda.memory_allocated() / gib
-            values["memory/max_allocated_gib"] = torch.cuda.max_memory_allocated() / gib
-        return values
+        # Accelerator memory (max over ranks, window peaks) comes from self.throughput.report().
+        return {"memory/max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / gib}
 
     def log(self, result: StepResult) -> None:
         """Scalars averaged over ranks (a collective: every rank calls it at the same steps)."""
         step, logging = self.step, self.config.logging
+        self.throughput.add(result.num_source_tokens, result.num_tokens, result.step_time_s)
         train = {f"train/{key}": value for key, value in result.parts.items()}
         grad_norm = self.engine.get_global_grad_norm()
         train["train/grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
@@ -313,6 +316,7 @@ class Trainer:
         # This rank's last micro-batch: a cheap trend; validation reports AU over the whole held-out set.
         averaged["latent/active_units"] = float(active_units(result.mu).count) if result.mu.shape[0] > 1 else 0.0
         averaged.update(self._memory())
+        averaged.update(self.throughput.report())  # tokens/s over the window, MFU, memory max over ranks
         self.monitor.scalars(step, averaged)
         self.monitor.histogram(step, "latent/kl_per_dim", result.kl_per_dim)
         if logging.histogram_every and step % logging.histogram_every == 0:

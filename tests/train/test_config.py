@@ -32,7 +32,7 @@ def test_the_recipes_say_what_the_issue_asks():
     assert warmup.freeze == ["decoder"] and (warmup.deletion_rate, warmup.masking_rate) == (0.15, 0.4)
     assert vae.free_bits > 0 and vae.freeze == []
     xxl = load_train_config(CONFIGS / "flan-t5-xxl-zero3.yaml")
-    assert xxl.model.backbone == "google/flan-t5-xxl" and xxl.deepspeed == "zero3_offload"
+    assert xxl.model.backbone == "google/flan-t5-xxl" and xxl.deepspeed == "zero3_hpz"
 
 
 def test_overrides_beat_yaml_and_index_phases():

@@ -18,7 +18,9 @@ def resolve(template, **kwargs):
     return resolve_ds_config(template, **settings)
 
 
-@pytest.mark.parametrize("name", ["zero1", "zero2", "zero3", "zero3_offload"])
+@pytest.mark.parametrize(
+    "name", ["zero1", "zero2", "zero2_offload", "zero3", "zero3_hpz", "zero3_offload", "zero3_offload_optimizer"]
+)
 def test_packaged_templates_resolve_completely(name):
     template, source = load_ds_template(name)
     assert source.endswith(f"ds_configs/{name}.json")
@@ -104,9 +106,20 @@ def test_fp16_scheduler_and_unresolvable_auto_are_rejected():
 
 
 def test_unknown_packaged_name_lists_the_choices(tmp_path):
-    with pytest.raises(DeepSpeedConfigError, match="zero1, zero2, zero3, zero3_offload"):
+    with pytest.raises(DeepSpeedConfigError, match="zero1, zero2, zero2_offload, zero3, zero3_hpz, zero3_offload, zero3_offload_optimizer"):
         load_ds_template("zero4")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(DeepSpeedConfigError, match="bad.json: not valid JSON"):
         load_ds_template(str(bad))
+
+
+def test_overlap_comm_and_hpz_auto_follow_the_device_and_the_node_layout():
+    template, _ = load_ds_template("zero3_hpz")
+    gpu = resolve(template, world_size=32, device_type="cuda", ranks_per_node=8)
+    assert gpu["zero_optimization"]["overlap_comm"] is True
+    assert gpu["zero_optimization"]["zero_hpz_partition_size"] == 8
+    one_node = resolve(template, world_size=8, device_type="cuda", ranks_per_node=8)
+    assert one_node["zero_optimization"]["zero_hpz_partition_size"] == 1
+    cpu = resolve(template)
+    assert cpu["zero_optimization"]["overlap_comm"] is False and cpu["zero_optimization"]["zero_hpz_partition_size"] == 1

@@ -1,0 +1,182 @@
+"""Bytes per rank and per node for one ZeRO setting, following DeepSpeed 0.19.8's own allocations.
+
+Model states, for P parameters on W data-parallel ranks, p = 2 (bf16) or 4 (fp32) bytes per parameter,
+gradients accumulated in fp32 (`data_types.grad_accum_dtype`), AdamW (two fp32 moments):
+
+    stage 1, bf16 (engine picks BF16_Optimizer): p P params + p P bf16 gradients (kept allocated:
+        without `bf16.immediate_grad_update` they are zeroed, not freed) + 4 P fp32 gradient buffer
+        (full size, `fp32_groups_gradients_flat`) + 4 P/W fp32 master partition + 8 P/W moments
+    stage 1, fp32: p P params + 4 P gradients (param.grad) + 4 P/W master + 8 P/W moments
+    stage 2 (stage_1_and_2.py): p P params + 4 P/W fp32 gradient partition + 4 P/W master + 8 P/W
+        moments + reduce buckets (`reduce_bucket_size` elements in p bytes, two with overlap_comm)
+    stage 3 (stage3.py): p sum_i ceil(P_i/W) parameter partitions + p P_persist persistent
+        parameters (numel <= stage3_param_persistence_threshold, kept whole on every rank) +
+        4 sum_i ceil(P_i/W) fp32 gradient partitions (`grad_partitions_flat_buffer`) + 4 (master)
+        + 8 (moments) per partitioned element + one reduce bucket; while running, gathered
+        parameters (below)
+
+Offloading the optimizer moves master, moments and (stage 2/3) the fp32 gradient partition to host
+memory; offloading parameters (stage 3) moves the parameter partitions there too.
+
+Gathered parameters under stage 3 (partitioned_param_coordinator.py): a parameter is released after
+its module runs unless it is used again within `stage3_max_reuse_distance` elements, and prefetching
+fetches up to `stage3_prefetch_bucket_size` ahead; the working set is bounded by
+min(P, max_reuse_distance + largest module) + prefetch bucket, in p bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .model_shape import ModelShape
+
+GIB = 2**30
+# Host memory a training process uses beyond the tensors counted here: the CUDA context's host side,
+# PyTorch/DeepSpeed/NCCL libraries, the data loader and its workers. A rounded figure, stated as an
+# assumption in every plan.
+HOST_OVERHEAD_PER_RANK_BYTES = 4 * GIB
+
+
+@dataclass(frozen=True)
+class ZeroSetting:
+    """The engine settings that decide memory and traffic (read from a resolved DeepSpeed config)."""
+
+    stage: int
+    offload_optimizer: bool = False
+    offload_param: bool = False
+    overlap_comm: bool = False
+    reduce_bucket_size: int = 500_000_000
+    prefetch_bucket_size: int = 50_000_000
+    persistence_threshold: int = 100_000
+    max_reuse_distance: int = 1_000_000_000
+    hpz_partition_size: int = 1
+
+    @classmethod
+    def from_ds_config(cls, ds_config: dict[str, Any]) -> "ZeroSetting":
+        zero = ds_config.get("zero_optimization", {})
+
+        def offloaded(key: str) -> bool:
+            return (zero.get(key) or {}).get("device", "none") not in ("none", None)
+
+        return cls(
+            stage=int(zero.get("stage", 0)),
+            offload_optimizer=offloaded("offload_optimizer"),
+            offload_param=offloaded("offload_param"),
+            overlap_comm=bool(zero.get("overlap_comm", False)),
+            reduce_bucket_size=int(zero.get("reduce_bucket_size", 500_000_000)),
+            prefetch_bucket_size=int(zero.get("stage3_prefetch_bucket_size", 50_000_000)),
+            persistence_threshold=int(zero.get("stage3_param_persistence_threshold", 100_000)),
+            max_reuse_distance=int(zero.get("stage3_max_reuse_distance", 1_000_000_000)),
+            hpz_partition_size=int(zero.get("zero_hpz_partition_size", 1)),
+        )
+
+    def describe(self) -> str:
+        offload = [name for name, on in (("optimizer", self.offload_optimizer), ("param", self.offload_param)) if on]
+        text = f"ZeRO-{self.stage}" + (f" + offload {'+'.join(offload)}" if offload else "")
+        return text + (f", hpZ {self.hpz_partition_size}" if self.hpz_partition_size > 1 else "")
+
+
+@dataclass(frozen=True)
+class ModelStateBytes:
+    """Per-rank bytes of the model states, split by what holds them and where."""
+
+    parameters: int
+    gradients: int
+    optimizer_states: int  # fp32 master partition + AdamW moments
+    buffers: int  # reduce buckets, stage-3 persistent parameters and hpZ secondary partition
+    host: int  # what offloading puts in host memory, per rank
+    gathered: int = 0  # stage 3: parameters gathered while a step runs (released between steps)
+
+    @property
+    def device_total(self) -> int:
+        return self.parameters + self.gradients + self.optimizer_states + self.buffers + self.gathered
+
+    def to_dict(self) -> dict[str, int]:
+        return {**asdict(self), "device_total": self.device_total}
+
+
+def stage3_partition_elements(shape: ModelShape, world_size: int) -> int:
+    """Elements of this rank's parameter partitions: every parameter is split on its own, padded."""
+    return sum(math.ceil(size / world_size) for size in shape.parameter_sizes)
+
+
+def persistent_elements(shape: ModelShape, threshold: int) -> int:
+    return sum(size for size in shape.parameter_sizes if size <= threshold)
+
+
+def model_state_bytes(shape: ModelShape, zero: ZeroSetting, world_size: int, precision: str) -> ModelStateBytes:
+    """Per-rank model-state bytes of `shape` under `zero` on `world_size` ranks (see module doc)."""
+    p_bytes = 2 if precision == "bf16" else 4
+    total = shape.parameters
+    if zero.stage in (1, 2):
+        partition = math.ceil(total / world_size)
+        parameters = p_bytes * total
+        if zero.stage == 1:
+            # bf16: BF16_Optimizer keeps the bf16 .grad tensors next to its fp32 accumulation buffer.
+            gradients = 4 * total + (p_bytes * total if precision == "bf16" and not zero.offload_optimizer else 0)
+        else:
+            gradients = 4 * partition
+        optimizer = (4 + 8) * partition
+        buckets = 0 if zero.stage == 1 else p_bytes * zero.reduce_bucket_size * (2 if zero.overlap_comm else 1)
+        host = 0
+        if zero.offload_optimizer:
+            host += optimizer + (gradients if zero.stage == 2 else 0)
+            gradients = gradients if zero.stage == 1 else 0
+            optimizer = 0
+        return ModelStateBytes(parameters, gradients, optimizer, buckets, host)
+    if zero.stage != 3:
+        raise ValueError(f"zero_optimization.stage {zero.stage}: the planner covers stages 1, 2 and 3")
+    partition = stage3_partition_elements(shape, world_size)
+    parameters = p_bytes * partition
+    persistent = p_bytes * persistent_elements(shape, zero.persistence_threshold)
+    gradients = 4 * partition
+    optimizer = (4 + 8) * partition
+    gathered = min(total, zero.max_reuse_distance + shape.largest_module_parameters) + zero.prefetch_bucket_size
+    gathered_bytes = p_bytes * min(gathered, total)
+    buffers = p_bytes * zero.reduce_bucket_size + persistent
+    if zero.hpz_partition_size > 1:
+        # hpZ keeps a secondary copy of the parameters partitioned over the node's GPUs only.
+        buffers += p_bytes * math.ceil(total / zero.hpz_partition_size)
+    host = 0
+    if zero.offload_optimizer:
+        host += gradients + optimizer
+        gradients = optimizer = 0
+    if zero.offload_param:
+        host += parameters
+        parameters = 0
+    return ModelStateBytes(parameters, gradients, optimizer, buffers, host, gathered_bytes)
+
+
+def activation_bytes(shape: ModelShape, micro_batch_size: int, source_length: int, precision: str, checkpointing: bool) -> int:
+    """Activations kept for backward, per rank, at `micro_batch_size` sentences of `source_length` tokens.
+
+    Per layer and token, with b activation bytes (2 bf16, 4 fp32) and scaled-dot-product attention
+    (which keeps a fp32 log-sum-exp per head instead of the score matrix):
+        attention: norm input and output 2bD, q k v and attention output 4bA, log-sum-exp 4H,
+            dropout mask D (1 byte);
+        FFN: norm input and output 2bD, hidden bF per matrix output plus the activation's output
+            (gated: 4bF, else 2bF), dropout masks F + D;
+        decoder cross-attention: 2bD + 2bA + 4H + D.
+    T5 also keeps one [B,H,L,L] position bias per stack (self-attention of encoder and decoder).
+    The LM head keeps the logits [B,T,V] in b bytes plus the fp32 copy and log-softmax of the loss (8
+    bytes). With gradient checkpointing each layer keeps only its input (bD per token) and one layer's
+    activations are live while it is recomputed.
+    """
+    b = 2 if precision == "bf16" else 4
+    d, a, f, h = shape.d_model, shape.attention_width, shape.d_ff, shape.num_heads
+    tokens = micro_batch_size * source_length  # source tokens = target tokens
+    attention = 2 * b * d + 4 * b * a + 4 * h + d
+    ffn = 2 * b * d + (4 if shape.gated_ffn else 2) * b * f + f + d
+    cross = 2 * b * d + 2 * b * a + 4 * h + d
+    encoder_layer = attention + ffn
+    decoder_layer = attention + cross + ffn
+    if checkpointing:
+        layers = tokens * b * d * (shape.encoder_layers + shape.decoder_layers) + tokens * max(encoder_layer, decoder_layer)
+    else:
+        layers = tokens * (shape.encoder_layers * encoder_layer + shape.decoder_layers * decoder_layer)
+    position_bias = 2 * micro_batch_size * h * source_length**2 * b if shape.family == "t5" else 0
+    embeddings = 2 * tokens * (b * d + d)  # encoder and decoder input embeddings and their dropout masks
+    lm_head = tokens * shape.vocab_size * (b + 8)
+    return layers + position_bias + embeddings + lm_head

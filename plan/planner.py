@@ -1,0 +1,406 @@
+"""`plan_run(config, layout) -> Plan`: will this training config fit this cluster, and what to change.
+
+Everything comes from the training config and the backbone's config (no weights, no GPU): parameter
+count, per-rank model states and activations for the configured ZeRO stage and offload, host memory
+per node (loading included), traffic per optimizer step and model FLOPs per token. When the run does
+not fit, or fits with room to spare, `recommendation` gives the setting to use instead: the cheapest
+ZeRO stage / offload that fits, the largest micro batch the global batch allows, and hpZ on multi-node
+ZeRO-3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..train.config import TrainConfig, gradient_accumulation_steps
+from .communication import Traffic, step_traffic
+from .devices import peak_tflops as table_peak_tflops
+from .flops import training_flops_per_token
+from .memory import (
+    GIB,
+    HOST_OVERHEAD_PER_RANK_BYTES,
+    ModelStateBytes,
+    ZeroSetting,
+    activation_bytes,
+    model_state_bytes,
+)
+from .model_shape import ModelShape, model_shape
+
+# Of each GPU's memory, what training tensors cannot use: the CUDA context, NCCL and cuBLAS
+# workspaces (a fixed part) and allocator fragmentation (a share). Stated in every plan.
+DEVICE_RESERVED_BYTES = 2 * GIB
+FRAGMENTATION_SHARE = 0.10
+# Source length assumed when the shard directory's meta.json cannot be read.
+DEFAULT_SOURCE_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    """The machines a run gets. `peak_tflops` is per GPU; None = look the GPU up by `gpu_name`."""
+
+    nodes: int
+    gpus_per_node: int
+    gpu_memory_gib: float = 80.0
+    host_memory_gib: float = 512.0
+    peak_tflops: float | None = None
+    gpu_name: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("nodes", "gpus_per_node"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("gpu_memory_gib", "host_memory_gib"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def usable_gpu_bytes(self) -> int:
+        return int(self.gpu_memory_gib * GIB * (1 - FRAGMENTATION_SHARE) - DEVICE_RESERVED_BYTES)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Memory of one (ZeRO setting, micro batch, checkpointing) choice on the layout."""
+
+    zero: ZeroSetting
+    micro_batch_size: int
+    gradient_checkpointing: bool
+    model_states: ModelStateBytes
+    activation_bytes: int
+    host_per_node_bytes: int
+    usable_gpu_bytes: int
+    host_memory_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.model_states.device_total + self.activation_bytes
+
+    @property
+    def fits_gpu(self) -> bool:
+        return self.total_bytes <= self.usable_gpu_bytes
+
+    @property
+    def fits_host(self) -> bool:
+        return self.host_per_node_bytes <= self.host_memory_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.fits_gpu and self.fits_host
+
+
+@dataclass
+class Plan:
+    backbone: str
+    precision: str
+    layout: ClusterLayout
+    shape: ModelShape
+    source_length: int
+    source_length_from: str
+    accumulation: int
+    global_batch_size: int
+    estimate: Estimate  # the configured setting
+    traffic: Traffic
+    flops_per_token: float  # training model FLOPs per source + target token
+    recommendation: Estimate  # what to run (the configured setting when it is already the best)
+    recommended_traffic: Traffic
+    problems: list[str] = field(default_factory=list)  # what to change for the run to fit; empty = fits
+    notes: list[str] = field(default_factory=list)
+    assumptions: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.estimate.fits
+
+    @property
+    def parameters(self) -> int:
+        return self.shape.parameters
+
+    @property
+    def peak_tflops(self) -> float | None:
+        if self.layout.peak_tflops is not None:
+            return self.layout.peak_tflops
+        return table_peak_tflops(self.layout.gpu_name, self.precision) if self.layout.gpu_name else None
+
+    def to_dict(self) -> dict[str, Any]:
+        estimate, recommendation = self.estimate, self.recommendation
+        return {
+            "backbone": self.backbone,
+            "parameters": self.parameters,
+            "precision": self.precision,
+            "layout": dataclasses.asdict(self.layout) | {"world_size": self.layout.world_size},
+            "zero": estimate.zero.describe(),
+            "source_length": self.source_length,
+            "source_length_from": self.source_length_from,
+            "micro_batch_size": estimate.micro_batch_size,
+            "gradient_accumulation_steps": self.accumulation,
+            "global_batch_size": self.global_batch_size,
+            "gradient_checkpointing": estimate.gradient_checkpointing,
+            "per_rank": _per_rank(self.shape, estimate, self.source_length, self.precision),
+            "usable_gpu_bytes": estimate.usable_gpu_bytes,
+            "host_per_node_bytes": estimate.host_per_node_bytes,
+            "host_memory_bytes": estimate.host_memory_bytes,
+            "communication": dataclasses.asdict(self.traffic),
+            "flops_per_token": self.flops_per_token,
+            "peak_tflops": self.peak_tflops,
+            "fits": self.fits,
+            "problems": self.problems,
+            "recommendation": {
+                "zero": recommendation.zero.describe(),
+                "zero_stage": recommendation.zero.stage,
+                "offload_optimizer": recommendation.zero.offload_optimizer,
+                "offload_param": recommendation.zero.offload_param,
+                "zero_hpz_partition_size": recommendation.zero.hpz_partition_size,
+                "micro_batch_size": recommendation.micro_batch_size,
+                "gradient_checkpointing": recommendation.gradient_checkpointing,
+                "overrides": recommended_overrides(self),
+                "per_rank_total_bytes": recommendation.total_bytes,
+                "host_per_node_bytes": recommendation.host_per_node_bytes,
+                "communication": dataclasses.asdict(self.recommended_traffic),
+                "fits": recommendation.fits,
+            },
+            "notes": self.notes,
+            "assumptions": self.assumptions,
+        }
+
+
+def _per_rank(shape: ModelShape, estimate: Estimate, source_length: int, precision: str) -> dict[str, Any]:
+    states = estimate.model_states
+    return {
+        "model_states_bytes": states.device_total,
+        "parameter_bytes": states.parameters,
+        "gradient_bytes": states.gradients,
+        "optimizer_state_bytes": states.optimizer_states,
+        "buffer_bytes": states.buffers + states.gathered,
+        "gathered_parameter_bytes": states.gathered,
+        "offloaded_host_bytes": states.host,
+        "activation_bytes": estimate.activation_bytes,
+        "activation_bytes_with_checkpointing": activation_bytes(shape, estimate.micro_batch_size, source_length, precision, True),
+        "activation_bytes_without_checkpointing": activation_bytes(shape, estimate.micro_batch_size, source_length, precision, False),
+        "total_bytes": estimate.total_bytes,
+    }
+
+
+def host_per_node_bytes(shape: ModelShape, states: ModelStateBytes, zero: ZeroSetting, layout: ClusterLayout) -> int:
+    """Peak host memory of the busiest node (node 0): process overhead plus the larger of loading and
+    offloaded states. Under ZeRO-3 the backbone loads inside zero.Init, where rank 0 alone reads the
+    checkpoint; otherwise every rank reads all of it before the engine moves it to its GPU."""
+    checkpoint = shape.parameters * shape.checkpoint_dtype_bytes
+    loading = checkpoint if zero.stage == 3 else layout.gpus_per_node * checkpoint
+    offloaded = layout.gpus_per_node * states.host
+    return layout.gpus_per_node * HOST_OVERHEAD_PER_RANK_BYTES + max(loading, offloaded)
+
+
+def estimate(shape: ModelShape, zero: ZeroSetting, micro_batch_size: int, checkpointing: bool, source_length: int,
+             precision: str, layout: ClusterLayout) -> Estimate:
+    states = model_state_bytes(shape, zero, layout.world_size, precision)
+    return Estimate(
+        zero=zero,
+        micro_batch_size=micro_batch_size,
+        gradient_checkpointing=checkpointing,
+        model_states=states,
+        activation_bytes=activation_bytes(shape, micro_batch_size, source_length, precision, checkpointing),
+        host_per_node_bytes=host_per_node_bytes(shape, states, zero, layout),
+        usable_gpu_bytes=layout.usable_gpu_bytes,
+        host_memory_bytes=int(layout.host_memory_gib * GIB),
+    )
+
+
+def _ladder(configured: ZeroSetting, layout: ClusterLayout) -> list[ZeroSetting]:
+    """Settings from least to most communication / host traffic; the configured buckets are kept."""
+    replace = dataclasses.replace
+    hpz = layout.gpus_per_node if layout.nodes > 1 else 1
+    base = replace(configured, offload_optimizer=False, offload_param=False, hpz_partition_size=1)
+    ladder = [replace(base, stage=1), replace(base, stage=2), replace(base, stage=3)]
+    if hpz > 1:
+        ladder.insert(2, replace(base, stage=3, hpz_partition_size=hpz))
+    ladder += [
+        replace(base, stage=2, offload_optimizer=True),
+        replace(base, stage=3, offload_optimizer=True),
+        replace(base, stage=3, offload_optimizer=True, offload_param=True),
+    ]
+    return ladder
+
+
+def _micro_batch_choices(config: TrainConfig, world_size: int) -> list[int]:
+    """Micro batches that keep the global batch, largest first. Without a global batch only smaller
+    micro batches than configured are offered, since the global batch would change with it."""
+    micro, global_batch = config.data.micro_batch_size, config.data.global_batch_size
+    if global_batch is None:
+        return [m for m in range(micro, 0, -1) if micro % m == 0]
+    per_rank = global_batch // world_size if global_batch % world_size == 0 else 0
+    return [m for m in range(per_rank, 0, -1) if per_rank % m == 0] or [micro]
+
+
+def _best(shape, settings, checkpointing_choices, micro_choices, source_length, precision, layout) -> Estimate | None:
+    for zero in settings:
+        for checkpointing in checkpointing_choices:
+            for micro in micro_choices:
+                candidate = estimate(shape, zero, micro, checkpointing, source_length, precision, layout)
+                if candidate.fits:
+                    return candidate
+    return None
+
+
+def _source_length(config: TrainConfig, source_length: int | None) -> tuple[int, str]:
+    if source_length is not None:
+        return source_length, "given"
+    from ..data.shards import load_meta
+
+    try:
+        return int(load_meta(config.data.train)["max_length"]), f"{config.data.train}/meta.json max_length"
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_SOURCE_LENGTH, f"default {DEFAULT_SOURCE_LENGTH} (no readable meta.json in data.train)"
+
+
+def resolved_zero_setting(config: TrainConfig, world_size: int, d_model: int, ranks_per_node: int) -> ZeroSetting:
+    from ..train.ds_config import load_ds_template, resolve_ds_config
+
+    template, source = load_ds_template(config.deepspeed)
+    ds_config = resolve_ds_config(
+        template,
+        d_model=d_model,
+        micro_batch_size=config.data.micro_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps(config.data, world_size),
+        world_size=world_size,
+        optim=config.optim,
+        precision=config.precision,
+        source=source,
+        device_type="cuda",  # the planner plans GPU runs
+        ranks_per_node=ranks_per_node,
+    )
+    return ZeroSetting.from_ds_config(ds_config)
+
+
+def plan_run(config: TrainConfig, layout: ClusterLayout, source_length: int | None = None, backbone_config=None) -> Plan:
+    """Plans `config` on `layout`. `source_length` defaults to the shards' max_length.
+
+    `backbone_config` (a transformers config) skips reading it from `config.model.backbone`.
+    Raises ConfigError / ValueError naming the key for configs that cannot run at all (a global batch
+    that does not divide, an unknown DeepSpeed preset, a backbone family the planner does not know).
+    """
+    if backbone_config is None:
+        from ..model.build import backbone_config as read_backbone_config
+
+        backbone_config = read_backbone_config(config.model)
+    shape = model_shape(backbone_config, config.model)
+    world = layout.world_size
+    length, length_from = _source_length(config, source_length)
+    accumulation = gradient_accumulation_steps(config.data, world)
+    configured_zero = resolved_zero_setting(config, world, shape.d_model, layout.gpus_per_node)
+    precision = config.precision
+    current = estimate(shape, configured_zero, config.data.micro_batch_size, config.model.gradient_checkpointing, length, precision, layout)
+
+    checkpointing_choices = [config.model.gradient_checkpointing] + ([True] if not config.model.gradient_checkpointing else [])
+    micro_choices = _micro_batch_choices(config, world)
+    ladder = _ladder(configured_zero, layout)
+    # Keep the configured stage when it fits (only dropping offload it does not need and adding hpZ);
+    # otherwise climb the ladder to the first setting that fits.
+    same_stage = [z for z in ladder if z.stage == configured_zero.stage]
+    same_stage.sort(key=lambda z: (z.offload_optimizer or z.offload_param, -z.hpz_partition_size))
+    recommendation = _best(shape, same_stage, checkpointing_choices, micro_choices, length, precision, layout)
+    if recommendation is None:
+        recommendation = _best(shape, ladder, checkpointing_choices, micro_choices, length, precision, layout)
+    if recommendation is None:
+        recommendation = estimate(shape, ladder[-1], micro_choices[-1], True, length, precision, layout)
+
+    def traffic(zero: ZeroSetting, micro: int) -> Traffic:
+        steps = config.data.global_batch_size // (micro * world) if config.data.global_batch_size else 1
+        return step_traffic(shape.parameters, zero, world, layout.nodes, steps, precision)
+
+    plan = Plan(
+        backbone=config.model.backbone,
+        precision=precision,
+        layout=layout,
+        shape=shape,
+        source_length=length,
+        source_length_from=length_from,
+        accumulation=accumulation,
+        global_batch_size=config.data.micro_batch_size * accumulation * world,
+        estimate=current,
+        traffic=traffic(configured_zero, config.data.micro_batch_size),
+        flops_per_token=training_flops_per_token(shape, length),
+        recommendation=recommendation,
+        recommended_traffic=traffic(recommendation.zero, recommendation.micro_batch_size),
+    )
+    plan.problems = _problems(plan)
+    plan.notes = _notes(plan, ladder, checkpointing_choices, micro_choices)
+    plan.assumptions = [
+        f"usable GPU memory = {layout.gpu_memory_gib:g} GiB x {1 - FRAGMENTATION_SHARE:.2f} - "
+        f"{DEVICE_RESERVED_BYTES / GIB:g} GiB (CUDA context, NCCL/cuBLAS workspaces, fragmentation)",
+        f"host overhead {HOST_OVERHEAD_PER_RANK_BYTES / GIB:g} GiB per rank (libraries, CUDA host side, data workers)",
+        f"checkpoint stored in {shape.checkpoint_dtype_bytes} bytes per parameter; loading counted whole (upper bound)",
+        f"source length {length} ({length_from}); target length = source length",
+    ]
+    return plan
+
+
+def recommended_overrides(plan: Plan) -> list[str]:
+    """`key=value` training-config overrides (and DeepSpeed JSON keys) that turn the run into the recommendation."""
+    recommendation, current = plan.recommendation, plan.estimate
+    overrides = []
+    zero = recommendation.zero
+    def kind(setting: ZeroSetting) -> tuple:
+        return setting.stage, setting.offload_optimizer, setting.offload_param, setting.hpz_partition_size > 1
+
+    # Every setting the ladder offers is a packaged preset; zero3_hpz sizes hpZ to the node itself.
+    preset = {
+        (1, False, False, False): "zero1",
+        (2, False, False, False): "zero2",
+        (2, True, False, False): "zero2_offload",
+        (3, False, False, False): "zero3",
+        (3, False, False, True): "zero3_hpz",
+        (3, True, False, False): "zero3_offload_optimizer",
+        (3, True, True, False): "zero3_offload",
+    }[kind(zero)]
+    if kind(zero) != kind(current.zero):
+        overrides.append(f"deepspeed={preset}")
+    if recommendation.micro_batch_size != current.micro_batch_size:
+        overrides.append(f"data.micro_batch_size={recommendation.micro_batch_size}")
+    if recommendation.gradient_checkpointing != current.gradient_checkpointing:
+        overrides.append(f"model.gradient_checkpointing={str(recommendation.gradient_checkpointing).lower()}")
+    return overrides
+
+
+def _problems(plan: Plan) -> list[str]:
+    estimate, layout = plan.estimate, plan.layout
+    problems = []
+    fix = ", ".join(recommended_overrides(plan)) if plan.recommendation.fits else (
+        "nothing tried fits: use more GPUs, GPUs with more memory, or a shorter data max_length"
+    )
+    if not estimate.fits_gpu:
+        problems.append(
+            f"per-rank GPU memory {estimate.total_bytes / GIB:.1f} GiB ({estimate.zero.describe()}, micro batch "
+            f"{estimate.micro_batch_size}) exceeds the usable {layout.usable_gpu_bytes / GIB:.1f} GiB of a "
+            f"{layout.gpu_memory_gib:g} GiB GPU; change: {fix}"
+        )
+    if not estimate.fits_host:
+        problems.append(
+            f"host memory {estimate.host_per_node_bytes / GIB:.1f} GiB per node exceeds {layout.host_memory_gib:g} GiB; "
+            f"change: {fix}"
+        )
+    return problems
+
+
+def _notes(plan: Plan, ladder, checkpointing_choices, micro_choices) -> list[str]:
+    notes = []
+    current = plan.estimate
+    if current.fits and current.zero.stage > 1:
+        cheaper = _best(plan.shape, [z for z in ladder if z.stage < current.zero.stage and not z.offload_optimizer],
+                        checkpointing_choices, micro_choices, plan.source_length, plan.precision, plan.layout)
+        traffic = cheaper and step_traffic(plan.parameters, cheaper.zero, plan.layout.world_size, plan.layout.nodes,
+                                           plan.accumulation, plan.precision)
+        if cheaper is not None and traffic.bytes_per_rank_per_step < plan.traffic.bytes_per_rank_per_step:
+            notes.append(
+                f"{cheaper.zero.describe()} also fits (micro batch {cheaper.micro_batch_size}, "
+                f"{cheaper.total_bytes / GIB:.1f} GiB per rank) and moves {traffic.bytes_per_rank_per_step / GIB:.1f} GiB "
+                f"per rank per step instead of {plan.traffic.bytes_per_rank_per_step / GIB:.1f} GiB"
+            )
+    if current.zero.offload_optimizer and not plan.recommendation.zero.offload_optimizer and plan.recommendation.fits:
+        notes.append("offload is not needed on this layout: it only adds PCIe traffic and host memory")
+    return notes
