@@ -110,7 +110,7 @@ def predicted_bytes(backbone: str, tokenizer: str, stage: int, world_size: int) 
     from seq2vae.model.config import VAEConfig
     from seq2vae.plan import ZeroSetting, model_shape, model_state_bytes
     from seq2vae.train.config import DataConfig, TrainConfig
-    from seq2vae.train.engine import resolved_ds_config
+    from seq2vae.train.ds_config import resolved_ds_config
 
     vae = VAEConfig(backbone=backbone, tokenizer=tokenizer, latent_dim=32)
     shape = model_shape(backbone_config(vae), vae)

@@ -259,21 +259,10 @@ def _source_length(config: TrainConfig, source_length: int | None) -> tuple[int,
 
 
 def resolved_zero_setting(config: TrainConfig, world_size: int, d_model: int, ranks_per_node: int) -> ZeroSetting:
-    from ..train.ds_config import load_ds_template, resolve_ds_config
+    from ..train.ds_config import resolved_ds_config
 
-    template, source = load_ds_template(config.deepspeed)
-    ds_config = resolve_ds_config(
-        template,
-        d_model=d_model,
-        micro_batch_size=config.data.micro_batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps(config.data, world_size),
-        world_size=world_size,
-        optim=config.optim,
-        precision=config.precision,
-        source=source,
-        device_type="cuda",  # the planner plans GPU runs
-        ranks_per_node=ranks_per_node,
-    )
+    # The planner plans GPU runs.
+    ds_config = resolved_ds_config(config, world_size, d_model, "cuda", ranks_per_node)
     return ZeroSetting.from_ds_config(ds_config)
 
 

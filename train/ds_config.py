@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .config import OptimConfig
+from .config import OptimConfig, TrainConfig, gradient_accumulation_steps
 
 PACKAGED_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
 
@@ -244,3 +244,22 @@ def resolve_ds_config(
     if leftover:
         raise DeepSpeedConfigError(f"{source}: no rule resolves \"auto\" for '{leftover[0]}'; give a value")
     return config
+
+
+def resolved_ds_config(
+    config: TrainConfig, world_size: int, d_model: int, device_type: str = "cpu", ranks_per_node: int | None = None
+) -> dict[str, Any]:
+    """The run's DeepSpeed JSON: its preset resolved for this world, device and model width."""
+    template, source = load_ds_template(config.deepspeed)
+    return resolve_ds_config(
+        template,
+        d_model=d_model,
+        micro_batch_size=config.data.micro_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps(config.data, world_size),
+        world_size=world_size,
+        optim=config.optim,
+        precision=config.precision,
+        source=source,
+        device_type=device_type,
+        ranks_per_node=ranks_per_node,
+    )

@@ -18,9 +18,9 @@ import torch
 
 from ..model import Seq2SeqVAE, VAEConfig, build_vae
 from ..model.build import backbone_config
-from .config import TrainConfig, gradient_accumulation_steps
+from .config import TrainConfig
 from .distributed import World
-from .ds_config import load_ds_template, resolve_ds_config
+from .ds_config import resolved_ds_config
 from .freezing import optimizer_param_groups, skip_frozen_groups
 from .init_from import load_init_weights, resolve_init_from
 from .initial_weights import has_random_backbone, initialise, reference_backbone_weights
@@ -41,24 +41,6 @@ class Engine:
 def backbone_width(model: VAEConfig) -> int:
     """d_model of the backbone, read from its config only (no weights), to size DeepSpeed's buckets."""
     return backbone_config(model).d_model
-
-
-def resolved_ds_config(
-    config: TrainConfig, world_size: int, d_model: int, device_type: str = "cpu", ranks_per_node: int | None = None
-) -> dict[str, Any]:
-    template, source = load_ds_template(config.deepspeed)
-    return resolve_ds_config(
-        template,
-        d_model=d_model,
-        micro_batch_size=config.data.micro_batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps(config.data, world_size),
-        world_size=world_size,
-        optim=config.optim,
-        precision=config.precision,
-        source=source,
-        device_type=device_type,
-        ranks_per_node=ranks_per_node,
-    )
 
 
 def build_engine(config: TrainConfig, world: World, ds_config_path: Path | None = None) -> Engine:

@@ -44,7 +44,7 @@ def check_before_run(config: TrainConfig, world_size: int) -> dict[str, Any]:
     resume target.
     """
     from ..data.stream import check_tokenizer, check_vocabulary_fits, load_source_meta, open_source
-    from .engine import resolved_ds_config
+    from .ds_config import resolved_ds_config
 
     gradient_accumulation_steps(config.data, world_size)
     for key, value in (("data.train", config.data.train), ("data.valid", config.data.valid)):
