@@ -45,7 +45,7 @@ def make_run(root: Path, layers: int, width: int) -> Path:
     from seq2vae.config import save_config
     from seq2vae.data.synthetic import generate_corpus
     from seq2vae.data.tokenizer import train_tokenizer
-    from seq2vae.train.config import TrainConfig, load_train_config
+    from seq2vae.train.config import load_train_config
     from seq2vae.train.distributed import init_world
     from seq2vae.train.engine import build_engine
 

@@ -13,7 +13,6 @@ import dataclasses
 import sys
 import time
 import typing
-from pathlib import Path
 from typing import Literal, get_args, get_origin
 
 from ..config import ConfigError

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 
-import torch
 
 TOTAL_STEPS = 12  # configs/debug-zero3.yaml: 4 autoencoder steps (decoder frozen) + 8 VAE steps
 
