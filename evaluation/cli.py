@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     try:  # before any collective: rank 0 exports a run directory while the others wait on the filesystem
         model_dir, model_kind = _model_directory(Path(args.model))
     except (FileNotFoundError, ValueError) as error:
-        print(f"seq2vae eval: {error}", file=sys.stderr)
-        return 1
+        report("eval", error)  # a wrong --model is the user's to fix: one line from rank 0, exit 2
+        return 2
     with _process_group(args.device) as device:
         rank = dist.get_rank() if dist.is_initialized() else 0
         level = logging.INFO if rank == 0 else logging.WARNING

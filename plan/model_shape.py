@@ -9,6 +9,8 @@ model has them.
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +59,21 @@ def _checkpoint_dtype_bytes(config) -> int:
     return _DTYPE_BYTES.get(str(dtype).removeprefix("torch."), 4)
 
 
+@contextlib.contextmanager
+def _outside_zero3_construction():
+    """Inside a ZeRO-3 run (a live HfDeepSpeedConfig) transformers builds every model under
+    deepspeed.zero.Init, which would materialise, randomly initialise (drawing from the seeded RNG)
+    and partition this count's model; the count wants the plain meta-device build."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
 def count_on_meta(backbone_config, vae_config: VAEConfig) -> tuple[tuple[int, ...], int, bool]:
     """Builds the VAE on the meta device.
 
@@ -68,7 +85,7 @@ def count_on_meta(backbone_config, vae_config: VAEConfig) -> tuple[tuple[int, ..
 
     from ..model.vae import Seq2SeqVAE
 
-    with torch.device("meta"):
+    with _outside_zero3_construction(), torch.device("meta"):
         backbone = AutoModelForSeq2SeqLM.from_config(backbone_config)
         vae = Seq2SeqVAE(backbone, vae_config)
     sizes = tuple(parameter.numel() for parameter in vae.parameters())
