@@ -215,6 +215,7 @@ def _model_directory(path: Path) -> tuple[Path, str]:
     failed = target.with_name(f".{target.name}.failed")
     job = os.environ.get("TORCHELASTIC_RUN_ID", "none")
     if int(os.environ.get("RANK", "0")) == 0 and not (target / "vae_config.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)  # where the failure marker goes, too
         staging = target.with_name(f".{target.name}.tmp")
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(target, ignore_errors=True)  # an incomplete copy written by an older version

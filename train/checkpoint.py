@@ -102,8 +102,9 @@ def _newest_intact(checkpoints_dir: Path, world: World) -> Path | None:
                 + f"\n  falling back to the previous complete checkpoint; it is kept as {_quarantined(path).name}",
                 flush=True,
             )
+    state = "which does not exist" if not (checkpoints_dir / named).is_dir() else "which is damaged"
     raise DamagedCheckpointError(
-        f"{pointer} names {named!r}, and neither it nor any older checkpoint in {checkpoints_dir} is intact "
+        f"{pointer} names {named!r}, {state}, and no older checkpoint in {checkpoints_dir} is intact "
         "(see the warnings above); resume from a copy, or start over with --resume never"
     )
 

@@ -95,7 +95,7 @@ def test_auto_fails_when_nothing_is_intact_and_starts_fresh_without_latest(tmp_p
     assert resolve_resume("auto", tmp_path) is None
     newest = _write_checkpoint(tmp_path, 5)
     (newest / RANK_FILES[0]).unlink()
-    with pytest.raises(DamagedCheckpointError, match="neither it nor any older checkpoint"):
+    with pytest.raises(DamagedCheckpointError, match="which is damaged, and no older checkpoint"):
         resolve_resume("auto", tmp_path)
 
 

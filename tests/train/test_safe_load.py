@@ -49,7 +49,7 @@ def test_export_and_eval_refuse_a_planted_pickle_without_running_it(planted, gol
 
     text = tmp_path / "sentences.txt"
     text.write_text("the cat sat on the mat\n")
-    assert eval_main(["--model", str(run_dir), "--data", str(text), "--iw-samples", "2", "--device", "cpu"]) == 1
+    assert eval_main(["--model", str(run_dir), "--data", str(text), "--iw-samples", "2", "--device", "cpu"]) == 2
     message = capsys.readouterr().err
     assert "refusing to load" in message and str(target) in message, message
     assert not marker.exists()
