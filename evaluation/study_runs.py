@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ..config import ConfigError, read_yaml_mapping
 
 
 class ReportError(ValueError):
@@ -106,12 +106,9 @@ def _read_settings(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ReportError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(tree, dict):
-        raise ReportError(f"{path}: expected a mapping of config keys")
-    return flatten(tree)
+        return flatten(read_yaml_mapping(path))
+    except ConfigError as error:
+        raise ReportError(str(error)) from None
 
 
 def _read_model_settings(model_dir: Path) -> dict[str, Any]:

@@ -179,8 +179,9 @@ class Trainer:
         if "rng" in mine:
             restore_rng(mine["rng"], self.noise_generator)
         else:  # resumed on another world size: fresh per-rank streams, distinct from those of step 0
-            _seed_everything((self.config.seed * 1_000_003 + self.step) * 1_000_003 + self.world.rank)
-            self.noise_generator.manual_seed((self.config.seed * 1_000_003 + self.step) * 1_000_003 + self.world.rank)
+            seed = (self.config.seed * 1_000_003 + self.step) * 1_000_003 + self.world.rank
+            _seed_everything(seed)
+            self.noise_generator.manual_seed(seed)
         if self.world.is_main:
             print(f"resumed from {path} at step {self.step}", flush=True)
         return mine["data"]
@@ -302,7 +303,6 @@ class Trainer:
             "train/lr": lr,
             "train/skipped_steps": float(self.skips.total),
             "data/skipped_samples": float(sum(event["missing"] for event in self.loader.skipped)),
-            "perf/tokens_per_s": result.num_tokens * self.world.size / result.step_time_s,
             "perf/samples_per_s": result.num_samples * self.world.size / result.step_time_s,
             "perf/data_wait_share": result.data_wait_s / result.step_time_s,
             "perf/step_time": result.step_time_s,
