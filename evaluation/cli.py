@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 logger.info("evaluating %d sentences from %s with K=%d", len(samples), args.data, config.iw_samples)
                 result = evaluate(vae, samples, config)
         except (EvalDataError, FileNotFoundError, ValueError, ShardError) as error:
-            if rank == 0:  # every rank meets the same input: one message, exit code 2 (seq2vae.errors)
-                print(f"seq2vae eval: error: {error}", file=sys.stderr)
+            report("eval", error)  # every rank meets the same input: one message, from rank 0
             return 2
         if rank != 0:
             return 0
