@@ -26,7 +26,7 @@ import torch
 from ..evaluation.distributed import gather_objects
 from .distributed import World, barrier
 from .durability import DamagedCheckpointError, atomic_write_text, checkpoint_problems, seal_checkpoint
-from .reshard import check_reshardable, saved_world_size, universal_checkpoint
+from .reshard import check_reshardable, restore_zero3_groups, saved_world_size, universal_checkpoint
 
 LATEST_FILE = "latest"
 TAG_PREFIX = "step_"
@@ -216,6 +216,8 @@ def load_checkpoint(engine, path: Path, world: World) -> tuple[dict[str, Any], d
             )
         finally:
             engine._config.load_universal_checkpoint = False
+        if load_path is not None and engine.zero_optimization_stage() == 3:
+            restore_zero3_groups(engine, universal)
     else:
         load_path, client_state = engine.load_checkpoint(
             str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=False

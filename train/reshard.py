@@ -11,6 +11,9 @@ process group's timeout.
 
 The data position is handled by `seq2vae.data.stream` (the epoch's unread samples are spread over the
 new ranks) and the schedule position (step, phase, beta) is world-size independent already.
+
+DeepSpeed 0.19.8's ZeRO-3 universal load loses part of the optimizer state; `restore_zero3_groups`
+puts it back after the load (ZeRO-1/2 load it correctly).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 from .distributed import World
 from .durability import read_manifest
@@ -50,8 +55,8 @@ def conversion_command(checkpoint: Path, output: Path) -> list[str]:
 
 def check_reshardable(checkpoint: Path, world: World, zero_stage: int, offload: bool) -> None:
     """Raises ReshardError (before any engine or DeepSpeed check) when `checkpoint`, written on another
-    world size, cannot be continued here. Checked on CPU: ZeRO-2 (2 -> 1, 1 -> 2) and ZeRO-3 (2 -> 1)
-    with DeepSpeed 0.19.8's torch Adam; offloaded optimizer or parameter state is not verified, so
+    world size, cannot be continued here. Checked on CPU: ZeRO-2 and ZeRO-3 (2 -> 1, 1 -> 2) with
+    DeepSpeed 0.19.8's torch Adam; offloaded optimizer or parameter state is not verified, so
     it is refused rather than risked."""
     saved = saved_world_size(checkpoint)
     if saved == world.size or (zero_stage in (1, 2, 3) and not offload):
@@ -91,3 +96,32 @@ def universal_checkpoint(checkpoint: Path, world: World) -> Path:
             raise ReshardError(f"rank 0 did not finish converting {checkpoint} within {WAIT_LIMIT_S} s")
         time.sleep(POLL_S)
     return target
+
+
+def restore_zero3_groups(engine, universal: Path) -> None:
+    """Puts back what DeepSpeed 0.19.8's ZeRO-3 universal load loses (ALL ranks, right after the load).
+
+    `load_hp_checkpoint_state_from_checkpoint_dir_stage3` gives every sub-group sub-group 0's Adam
+    step as one shared tensor, which Adam then advances once per sub-group per step (after 6 more
+    steps with 5 groups a count of 6 reads 36, and a group frozen for a phase gets the others'
+    count), and copies param group 0's settings into every group: each group becomes "embeddings",
+    so freezing by name would freeze the wrong groups. The universal checkpoint's optimizer_state.pt
+    (the old rank 0's ZeRO-3 optimizer state) still has each sub-group's step and each group's settings.
+    """
+    saved = torch.load(universal / "zero" / "optimizer_state.pt", map_location="cpu", weights_only=False)
+    saved = saved["optimizer_state_dict"]  # the base optimizer's state_dict: state per sub-group, settings per group
+    zero = engine.optimizer
+    base = zero.optimizer
+    # A state_dict numbers parameters group by group; ZeRO-3's parameters are its flat sub-group partitions.
+    flats = [
+        flat
+        for group_id in range(len(base.param_groups))
+        for sub_group_id, flat in enumerate(zero.fp32_partitioned_groups_flat)
+        if zero.sub_group_to_group_id[sub_group_id] == group_id
+    ]
+    for index, flat in enumerate(flats):
+        step = saved["state"].get(index, {}).get("step")
+        if step is not None:
+            base.state[flat]["step"] = step.clone() if torch.is_tensor(step) else step
+    for group, saved_group in zip(base.param_groups, saved["param_groups"], strict=True):
+        group.update({key: value for key, value in saved_group.items() if key != "params"})

@@ -3,7 +3,8 @@
 2 -> 1: a 2-rank run stops at step 6; the run continues on 1 rank (a universal checkpoint is converted
 on the fly) and completes. 1 -> 2 the other way. Both keep the global batch (16 = 8 x accumulation x
 ranks), so the schedule and the data position mean the same on either side. Checked: steps continue
-from the checkpoint, beta follows the schedule, the loss continues smoothly, and the samples the
+from the checkpoint, beta follows the schedule, the loss continues smoothly, the optimizer state
+carried over (each param group keeps its name and its own Adam step count), and the samples the
 resumed run consumed (replayed from its final loader state) never repeat those of the first part.
 The sample accounting over whole epochs is tests/data/test_reshard.py.
 """
@@ -23,6 +24,18 @@ def _client_state(checkpoint: Path) -> dict:
     # ZeRO-2: mp_rank_00_model_states.pt; ZeRO-3: one zero_pp_rank_R_mp_rank_00_model_states.pt per rank.
     path = sorted(checkpoint.glob("*mp_rank_00_model_states.pt"))[0]
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _adam_steps(checkpoint: Path) -> dict[str, float]:
+    """Adam's step count per param group name, from rank 0's optimizer file of a ZeRO-2 or ZeRO-3 checkpoint."""
+    path = sorted(checkpoint.glob("*zero_pp_rank_0_mp_rank_00_optim_states.pt"))[0]
+    saved = torch.load(path, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+    optimizer = saved.get("base_optimizer_state") or saved["optimizer_state_dict"]  # ZeRO-2 / ZeRO-3 layout
+    return {
+        group["name"]: float(optimizer["state"][index]["step"])
+        for group in optimizer["param_groups"]
+        for index in group["params"]
+    }
 
 
 def _keys_consumed(shard_dir, worlds: tuple[int, int], seed: int) -> tuple[list[str], dict]:
@@ -46,7 +59,9 @@ def _keys_consumed(shard_dir, worlds: tuple[int, int], seed: int) -> tuple[list[
 
 
 @pytest.mark.parametrize(
-    "stage, worlds", [("zero2", (2, 1)), ("zero2", (1, 2)), ("zero3", (2, 1))], ids=["zero2-2to1", "zero2-1to2", "zero3-2to1"]
+    "stage, worlds",
+    [("zero2", (2, 1)), ("zero2", (1, 2)), ("zero3", (2, 1)), ("zero3", (1, 2))],
+    ids=["zero2-2to1", "zero2-1to2", "zero3-2to1", "zero3-1to2"],
 )
 def test_resume_on_another_world_size(stage, worlds, shard_dir, data_overrides, launch, tmp_path):
     from seq2vae.train.config import load_train_config
@@ -75,6 +90,13 @@ def test_resume_on_another_world_size(stage, worlds, shard_dir, data_overrides, 
     first_resumed = sum(m["train/recon"] for m in metrics[STOP_AT : STOP_AT + 3]) / 3
     # Continues where it stopped: a fresh model would start near ln(vocab) per token, far above.
     assert 0.7 * last_saved < first_resumed < 1.15 * last_saved, (last_saved, first_resumed)
+
+    # The optimizer state carried over: every group stepped once per step of a phase that trained it
+    # (a count restarted at the resume, or advanced by another group's steps, would differ).
+    adam_steps = _adam_steps(run_dir / "checkpoints" / f"step_{TOTAL_STEPS:08d}")
+    trained_steps = {name: sum(phase.steps for phase in saved.phases if name not in phase.freeze) for name in adam_steps}
+    assert adam_steps == trained_steps
+    assert len(set(trained_steps.values())) > 1  # several groups kept their names, the decoder's count is its own
 
     # Sample accounting: the resumed ranks read the epoch's unread samples, none of the first part's.
     keys, replayed_state = _keys_consumed(shard_dir, worlds, saved.seed)
