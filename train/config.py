@@ -88,7 +88,7 @@ class OptimConfig:
     schedule: Literal["cosine", "linear", "constant"] = doc("cosine", "decay after warm-up, to min_lr_ratio x lr at the last step")
     min_lr_ratio: float = doc(0.1, "final learning rate as a fraction of lr (cosine/linear)")
     gradient_clipping: float = doc(1.0, "clip the global gradient norm to this (0 = off)")
-    max_consecutive_skips: int = doc(10, "abort after this many consecutive steps with a non-finite loss")
+    max_consecutive_skips: int = doc(10, "abort after this many consecutive skipped steps (non-finite loss or gradient norm)")
 
 
 @dataclass

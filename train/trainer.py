@@ -51,12 +51,13 @@ from .signals import REQUEUE_EXIT_CODE, StopRequest
 from .throughput import make_throughput_window
 
 class NonFiniteLossError(RuntimeError):
-    """Too many consecutive steps had a non-finite loss on some rank."""
+    """Too many consecutive steps were skipped for a non-finite loss or gradient norm."""
 
 
 @dataclass
 class SkipCounter:
-    """Counts optimizer steps skipped for a non-finite loss; too many in a row abort the run."""
+    """Counts skipped optimizer steps (a non-finite loss on some rank, or a step DeepSpeed dropped for a
+    non-finite gradient norm); too many in a row abort the run."""
 
     limit: int  # optim.max_consecutive_skips
     consecutive: int = 0
@@ -70,15 +71,15 @@ class SkipCounter:
         self.total += 1
         if self.consecutive >= self.limit:
             raise NonFiniteLossError(
-                f"aborting at step {step}: {self.consecutive} consecutive steps had a non-finite loss "
-                f"(optim.max_consecutive_skips={self.limit}); lower optim.lr, check the data, or use precision=fp32"
+                f"aborting at step {step}: {self.consecutive} consecutive steps were skipped for a non-finite loss or "
+                f"gradient norm (optim.max_consecutive_skips={self.limit}); lower optim.lr, check the data, or use precision=fp32"
             )
 
 
 @dataclass
 class StepResult:
     parts: dict[str, float]  # loss, recon, kl, kl_thresholded: means over micro-batches and ranks
-    skipped: bool
+    skipped: bool  # the optimizer step was not applied (on every rank)
     num_tokens: int  # target tokens this rank processed in the step
     num_samples: int
     data_wait_s: float
@@ -86,6 +87,7 @@ class StepResult:
     kl_per_dim: torch.Tensor  # [Z] batch mean of the last micro-batch
     mu: torch.Tensor  # [B,Z] of the last micro-batch
     num_source_tokens: int = 0  # encoder input tokens (after noising) this rank processed in the step
+    dropped_by_deepspeed: bool = False  # skipped by DeepSpeed itself: every loss was finite, the gradient norm not
 
 
 def phase_at(phases: list[PhaseConfig], step: int) -> tuple[int, int]:
@@ -255,14 +257,18 @@ class Trainer:
             num_tokens += int(output.num_tokens.sum())
             num_samples += int(batch["labels"].shape[0])
             num_source_tokens += int(batch["attention_mask"].sum())
-        if skipped and self.engine.was_step_applied():
+        applied = self.engine.was_step_applied()
+        if skipped and applied:
             raise RuntimeError("internal: DeepSpeed applied an optimizer step the trainer meant to skip")
-        # DeepSpeed drops a step itself when the gradient norm is not finite with a finite loss (same on all ranks).
-        skipped = skipped or not self.engine.was_step_applied()
+        # DeepSpeed drops a step itself when the global gradient norm is not finite though every loss was
+        # (inf/NaN gradients of a finite loss; fp16 loss-scale overflow elsewhere). The norm is all-reduced,
+        # so every rank drops the step and counts it.
+        dropped = not skipped and not applied
         totals["beta"] = beta
         return StepResult(
             parts=totals,
-            skipped=skipped,
+            skipped=skipped or dropped,
+            dropped_by_deepspeed=dropped,
             num_tokens=num_tokens,
             num_samples=num_samples,
             data_wait_s=data_wait,
@@ -272,10 +278,14 @@ class Trainer:
             num_source_tokens=num_source_tokens,
         )
 
-    def record_skip(self, skipped: bool) -> None:
-        if skipped:
+    def record_skip(self, result: StepResult) -> None:
+        if result.dropped_by_deepspeed:
+            self.monitor.message(
+                f"step {self.step}: DeepSpeed dropped the optimizer step on all ranks (non-finite gradient norm, finite loss)"
+            )
+        elif result.skipped:
             self.monitor.message(f"step {self.step}: non-finite loss on some rank, optimizer step skipped on all")
-        self.skips.record(skipped, self.step)
+        self.skips.record(result.skipped, self.step)
 
     # ------------------------------------------------------------------------------------ reporting
     def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
@@ -384,7 +394,7 @@ class Trainer:
                 if self.step == first_step:
                     set_collective_timeout(config.distributed_timeout_s)  # loading is over: a stuck peer now fails fast
                 self.step += 1
-                self.record_skip(result.skipped)
+                self.record_skip(result)
                 self.log(result)
                 last = result.parts
                 end_of_phase = step_in_phase + 1 == phase.steps

@@ -7,6 +7,8 @@ Phase 1 (decoder frozen) then phase 2 of the config, step by step through the tr
 - the frozen decoder is bit-identical after phase 1 (gathered on ALL ranks under ZeRO-3),
 - the frozen group's Adam state did not advance while trained groups' did,
 - a non-finite loss on ONE rank makes every rank skip the step, leaving every weight unchanged,
+- a step DeepSpeed drops itself (every loss finite, non-finite gradients on ONE rank) is counted as
+  skipped on every rank, leaving every weight unchanged,
 - the decoder trains in phase 2.
 Writes OUT_DIR/probe.json (rank 0) and OUT_DIR/reference.pt: the final model's outputs on a fixed
 batch, which the export test compares with the exported model.
@@ -17,11 +19,13 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
 import seq2vae.train.trainer as trainer_module
+from seq2vae.evaluation.distributed import gather_objects
 from seq2vae.train.config import load_train_config
 from seq2vae.train.trainer import Trainer
 
@@ -61,6 +65,29 @@ def adam_steps(trainer: Trainer) -> dict[str, list[float]]:
     return steps
 
 
+@contextlib.contextmanager
+def loss_replaced(trainer: Trainer, rank: int, poison: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """While active, the trainer's loss on `rank` only is `poison(loss)`."""
+    original = trainer_module.vae_loss
+    if trainer.world.rank == rank:
+        def poisoned(*args, **kwargs):
+            loss, parts = original(*args, **kwargs)
+            return poison(loss), parts
+
+        trainer_module.vae_loss = poisoned
+    try:
+        yield
+    finally:
+        trainer_module.vae_loss = original
+
+
+def infinite_gradient(loss: torch.Tensor) -> torch.Tensor:
+    """The same (finite) value whose gradient is not finite: sqrt'(0) = inf is multiplied into every
+    parameter's gradient (inf, or NaN where the gradient was 0). What an fp16 loss-scale overflow
+    does to DeepSpeed's gradient norm, without fp16 (seq2vae does not offer it)."""
+    return loss + torch.sqrt(loss - loss.detach())
+
+
 def run_steps(trainer: Trainer, phase_index: int, count: int) -> list:
     results = []
     phase = trainer.config.phases[phase_index]
@@ -69,7 +96,7 @@ def run_steps(trainer: Trainer, phase_index: int, count: int) -> list:
         trainer.enter_phase(phase_index)
         result = trainer.train_step(phase, trainer.step - offset)
         trainer.step += 1
-        trainer.record_skip(result.skipped)
+        trainer.record_skip(result)
         results.append(result)
     return results
 
@@ -91,23 +118,27 @@ def main(config_path: str, out_dir: str) -> None:
     report["adam_steps_phase1"] = steps
 
     # One step whose loss is NaN on rank 1 only: every rank must skip it.
-    original = trainer_module.vae_loss
-    if rank == 1:
-        def poisoned(*args, **kwargs):
-            loss, parts = original(*args, **kwargs)
-            return loss * float("nan"), parts
-
-        trainer_module.vae_loss = poisoned
-    (skip_result,) = run_steps(trainer, 1, 1)
-    trainer_module.vae_loss = original
+    with loss_replaced(trainer, 1, lambda loss: loss * float("nan")):
+        (skip_result,) = run_steps(trainer, 1, 1)
     after_skip = gathered_copy(trainer, groups)
     report["nan_step_skipped"] = skip_result.skipped
     report["nan_step_weights_unchanged"] = all(same(after_phase1[g], after_skip[g]) for g in groups)
     report["total_skips"] = trainer.skips.total
 
+    # One step whose loss is finite everywhere but whose gradients are not on rank 1: the trainer
+    # steps, DeepSpeed drops the step (was_step_applied() is False), and every rank counts it.
+    with loss_replaced(trainer, 1, infinite_gradient):
+        (dropped,) = run_steps(trainer, 1, 1)
+    after_drop = gathered_copy(trainer, groups)
+    report["dropped_step_per_rank"] = gather_objects(
+        {"skipped": dropped.skipped, "dropped_by_deepspeed": dropped.dropped_by_deepspeed,
+         "applied": trainer.engine.was_step_applied(), "total_skips": trainer.skips.total}
+    )
+    report["dropped_step_weights_unchanged"] = all(same(after_skip[g], after_drop[g]) for g in groups)
+
     run_steps(trainer, 1, 2)
     after_phase2 = gathered_copy(trainer, groups)
-    report["decoder_changed_phase2"] = not same(after_skip["decoder"], after_phase2["decoder"])
+    report["decoder_changed_phase2"] = not same(after_drop["decoder"], after_phase2["decoder"])
     report["adam_steps_phase2"] = adam_steps(trainer)
     report["step"] = trainer.step
     trainer.save()

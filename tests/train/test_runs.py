@@ -105,6 +105,16 @@ def test_non_finite_loss_on_one_rank_skips_the_step_on_all(stage_runs):
     assert report["total_skips"] == 1
 
 
+def test_a_step_deepspeed_drops_with_finite_losses_counts_as_skipped_on_all_ranks(stage_runs):
+    _, _, _, probe = stage_runs
+    report = json.loads((probe / "probe.json").read_text())
+    # Finite losses (the trainer's own check passed: not "skipped" by it), non-finite gradients on rank
+    # 1: DeepSpeed applied no step on either rank, and both count it, after the NaN step before it.
+    expected = {"skipped": True, "dropped_by_deepspeed": True, "applied": False, "total_skips": 2}
+    assert report["dropped_step_per_rank"] == [expected, expected]
+    assert report["dropped_step_weights_unchanged"] is True
+
+
 def test_export_then_from_pretrained_gives_the_same_outputs(stage_runs, tmp_path):
     _, _, _, probe = stage_runs
     from seq2vae.model import Seq2SeqVAE
