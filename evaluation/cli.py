@@ -28,10 +28,11 @@ import torch.distributed as dist
 
 from ..data.stream import ShardError
 from ..errors import report
+from ..plan.memory import InferenceBatch
 from .data import EvalDataError, load_samples
 from .distributed import gather_objects
 from .harness import CONVENTIONS, EvalConfig, evaluate
-from .placement import PLACEMENTS, load_zero3, resolve_placement
+from .placement import PLACEMENTS, eval_batch, load_zero3, resolve_placement
 from .report import format_comparison, format_table
 
 logger = logging.getLogger("seq2vae.eval")
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--placement", default="auto", choices=PLACEMENTS,
         help="replica: the whole model on every rank; zero3: partitioned over the ranks (models too big for one); "
-        "auto: replica when it fits one device, else zero3 (default: %(default)s)",
+        "auto: the first that fits by the planner's memory estimate, replica first (default: %(default)s)",
     )
     parser.add_argument("--compare", nargs="+", metavar="JSON", help="print saved results side by side and exit")
     return parser
@@ -112,15 +113,18 @@ def main(argv: list[str] | None = None) -> int:
         level = logging.INFO if rank == 0 else logging.WARNING
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
         try:
-            with _loaded_model(model_dir, device, args.placement) as (vae, placement):
-                samples, data_info = load_samples(
-                    args.data, vae.tokenizer, split=args.split, max_sentences=args.max_sentences,
-                    max_length=args.max_length, text_field=args.text_field,
-                    embedding_size=vae.backbone.get_input_embeddings().num_embeddings,
-                )
-                if not samples:
-                    print(f"seq2vae eval: no sentences to evaluate in {args.data} ({_describe_skips(data_info)})", file=sys.stderr)
-                    return 1
+            # The data before the model: its longest sentence sizes the activations --placement auto weighs.
+            tokenizer, embedding_size = _text_interface(model_dir)
+            samples, data_info = load_samples(
+                args.data, tokenizer, split=args.split, max_sentences=args.max_sentences,
+                max_length=args.max_length, text_field=args.text_field, embedding_size=embedding_size,
+            )
+            if not samples:
+                print(f"seq2vae eval: no sentences to evaluate in {args.data} ({_describe_skips(data_info)})", file=sys.stderr)
+                return 1
+            longest = max(len(sample["input_ids"]) for sample in samples)
+            batch = eval_batch(config.iw_samples, config.batch_size, config.decoder_batch_size, device, longest)
+            with _loaded_model(model_dir, device, args.placement, batch) as (vae, placement):
                 logger.info("evaluating %d sentences from %s with K=%d", len(samples), args.data, config.iw_samples)
                 result = evaluate(vae, samples, config)
         except (EvalDataError, FileNotFoundError, ValueError, ShardError) as error:
@@ -233,14 +237,24 @@ def _model_directory(path: Path) -> tuple[Path, str]:
     return target, f"run export {checkpoint.name}"
 
 
+def _text_interface(model_dir: Path):
+    """(the saved model's tokenizer or None, rows of its token embedding), read without its weights."""
+    from transformers import AutoConfig
+
+    from ..model.vae import BACKBONE_SUBDIR, saved_tokenizer
+
+    return saved_tokenizer(model_dir), AutoConfig.from_pretrained(model_dir / BACKBONE_SUBDIR).vocab_size
+
+
 @contextlib.contextmanager
-def _loaded_model(model_dir: Path, device: torch.device, requested: str):
-    """Yields (Seq2SeqVAE on `device` or partitioned over the ranks, the placement used)."""
+def _loaded_model(model_dir: Path, device: torch.device, requested: str, batch: InferenceBatch):
+    """Yields (Seq2SeqVAE on `device` or partitioned over the ranks, the placement used);
+    `batch` is the evaluation's largest decoder call, which --placement auto sizes."""
     from ..model import Seq2SeqVAE
 
     world_size = dist.get_world_size() if dist.is_initialized() else 1
     try:
-        decision = resolve_placement(requested, model_dir, device, world_size)
+        decision = resolve_placement(requested, model_dir, device, world_size, batch)
     except ValueError as error:
         decision = error
     # Rank 0's decision for all: ranks whose memory differs must still agree, or they would deadlock.

@@ -59,6 +59,22 @@ def refuse_pickled_weights(directory: Path) -> None:
             )
 
 
+def saved_vae_config(directory: Path) -> VAEConfig:
+    """The VAEConfig of a `save_pretrained` directory, read without loading any weights."""
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{directory} is not a seq2vae model directory: {CONFIG_FILE} is missing")
+    record = json.loads(config_path.read_text())
+    if record.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{config_path}: unsupported format_version {record.get('format_version')!r}")
+    return VAEConfig.from_dict(record["vae"], source=str(config_path))
+
+
+def saved_tokenizer(directory: Path):
+    """The tokenizer `save_pretrained` wrote beside the model, or None when it had none."""
+    return AutoTokenizer.from_pretrained(directory) if (directory / "tokenizer_config.json").exists() else None
+
+
 @dataclass
 class VAEOutput:
     recon_nll: torch.Tensor  # [B] -log p(x|z), summed over target tokens (EOS included, padding excluded)
@@ -367,19 +383,12 @@ class Seq2SeqVAE(nn.Module):
     def from_pretrained(cls, directory: str | Path, **backbone_kwargs) -> "Seq2SeqVAE":
         """Loads a directory written by `save_pretrained`; never unpickles (pickle-format weights are refused)."""
         directory = Path(directory)
-        config_path = directory / CONFIG_FILE
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{directory} is not a seq2vae model directory: {CONFIG_FILE} is missing")
-        record = json.loads(config_path.read_text())
-        if record.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{config_path}: unsupported format_version {record.get('format_version')!r}")
-        config = VAEConfig.from_dict(record["vae"], source=str(config_path))
+        config = saved_vae_config(directory)
         refuse_pickled_weights(directory)
         backbone = AutoModelForSeq2SeqLM.from_pretrained(
             directory / BACKBONE_SUBDIR, **{"use_safetensors": True, **backbone_kwargs}
         )
-        tokenizer = AutoTokenizer.from_pretrained(directory) if (directory / "tokenizer_config.json").exists() else None
-        vae = cls(backbone, config, tokenizer)
+        vae = cls(backbone, config, saved_tokenizer(directory))
         heads = load_file(directory / HEADS_FILE)
         missing, unexpected = vae.load_state_dict(heads, strict=False)
         missing = [k for k in missing if not k.startswith("backbone.")]

@@ -22,6 +22,12 @@ Gathered parameters under stage 3 (partitioned_param_coordinator.py): a paramete
 its module runs unless it is used again within `stage3_max_reuse_distance` elements, and prefetching
 fetches up to `stage3_prefetch_bucket_size` ahead; the working set is bounded by
 min(P, max_reuse_distance + largest module) + prefetch bucket, in p bytes.
+
+Inference (`seq2vae eval`, no gradients, no optimizer), with p the stored weights' bytes per parameter:
+    replica: p P on every rank
+    ZeRO-3: p sum_i ceil(P_i/W) partitions + p P_persist persistent parameters + the gathered working
+        set above (the eval engine runs with DeepSpeed's default stage-3 settings)
+plus the activations of the largest forward, the IW pass's decoder call (`inference_activation_bytes`).
 """
 
 from __future__ import annotations
@@ -33,10 +39,19 @@ from typing import Any
 from .model_shape import ModelShape
 
 GIB = 2**30
+# Of each device's memory, what tensors cannot use: the CUDA context, NCCL and cuBLAS workspaces (a
+# fixed part) and allocator fragmentation (a share). Stated in every plan.
+DEVICE_RESERVED_BYTES = 2 * GIB
+FRAGMENTATION_SHARE = 0.10
 # Host memory a training process uses beyond the tensors counted here: the CUDA context's host side,
 # PyTorch/DeepSpeed/NCCL libraries, the data loader and its workers. A rounded figure, stated as an
 # assumption in every plan.
 HOST_OVERHEAD_PER_RANK_BYTES = 4 * GIB
+
+
+def usable_device_bytes(device_memory_bytes: float) -> int:
+    """What tensors may use of a device with `device_memory_bytes`: less the reserve and fragmentation."""
+    return int(device_memory_bytes * (1 - FRAGMENTATION_SHARE) - DEVICE_RESERVED_BYTES)
 
 
 @dataclass(frozen=True)
@@ -106,6 +121,13 @@ def persistent_elements(shape: ModelShape, threshold: int) -> int:
     return sum(size for size in shape.parameter_sizes if size <= threshold)
 
 
+def stage3_gathered_elements(shape: ModelShape, zero: ZeroSetting) -> int:
+    """Parameters gathered at once while a stage-3 forward runs: what stays gathered for reuse within
+    `max_reuse_distance`, the module running, and the prefetch bucket; never more than the model."""
+    total = shape.parameters
+    return min(total, min(total, zero.max_reuse_distance + shape.largest_module_parameters) + zero.prefetch_bucket_size)
+
+
 def model_state_bytes(shape: ModelShape, zero: ZeroSetting, world_size: int, precision: str) -> ModelStateBytes:
     """Per-rank model-state bytes of `shape` under `zero` on `world_size` ranks (see module doc)."""
     p_bytes = 2 if precision == "bf16" else 4
@@ -133,8 +155,7 @@ def model_state_bytes(shape: ModelShape, zero: ZeroSetting, world_size: int, pre
     persistent = p_bytes * persistent_elements(shape, zero.persistence_threshold)
     gradients = 4 * partition
     optimizer = (4 + 8) * partition
-    gathered = min(total, zero.max_reuse_distance + shape.largest_module_parameters) + zero.prefetch_bucket_size
-    gathered_bytes = p_bytes * min(gathered, total)
+    gathered_bytes = p_bytes * stage3_gathered_elements(shape, zero)
     buffers = p_bytes * zero.reduce_bucket_size + persistent
     if zero.hpz_partition_size > 1:
         # hpZ keeps a secondary copy of the parameters partitioned over the node's GPUs only.
@@ -180,3 +201,62 @@ def activation_bytes(shape: ModelShape, micro_batch_size: int, source_length: in
     embeddings = 2 * tokens * (b * d + d)  # encoder and decoder input embeddings and their dropout masks
     lm_head = tokens * shape.vocab_size * (b + 8)
     return layers + position_bias + embeddings + lm_head
+
+
+@dataclass(frozen=True)
+class InferenceBatch:
+    """The largest forward an evaluation runs: one decoder call of the importance-weighted pass."""
+
+    sequences: int  # sentences x importance samples in one decoder call
+    length: int  # tokens of the longest sequence (target length = source length)
+
+
+@dataclass(frozen=True)
+class InferenceBytes:
+    """Per-rank bytes of evaluating a model (no gradients, no optimizer)."""
+
+    weights: int  # replica: every parameter; ZeRO-3: this rank's partitions + the persistent parameters
+    gathered: int  # ZeRO-3: parameters gathered while a forward runs (0 for a replica)
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gathered + self.activations
+
+    def to_dict(self) -> dict[str, int]:
+        return {**asdict(self), "total": self.total}
+
+
+def inference_activation_bytes(shape: ModelShape, batch: InferenceBatch, dtype_bytes: int) -> int:
+    """Peak bytes of one no-grad decoder call on `batch.sequences` x `batch.length` tokens.
+
+    Without backward nothing is kept between layers, so the peak is the larger of one layer's live
+    tensors and the LM head's. Per token, with b = `dtype_bytes` and scaled-dot-product attention (as
+    in `activation_bytes`; no score matrix):
+        layer: residual input, normed input and output 3bD, plus the larger of attention (q, k, v,
+            context 4bA; cross-attention's q and context are fewer) and the FFN (gated 3bF: both
+            input projections and their product; else 2bF);
+        LM head: the final hidden state bD, the logits bV, their fp32 copy in `sequence_nll` (4V,
+            unless b is 4 already) and cross-entropy's fp32 log-softmax (4V).
+    The encoder pass and greedy generation run --batch-size sentences, never more than a decoder
+    call's sequences, through narrower tensors (no [T, V] logits), so this call bounds them too.
+    """
+    b = dtype_bytes
+    d, a, f, v = shape.d_model, shape.attention_width, shape.d_ff, shape.vocab_size
+    layer = 3 * b * d + max(4 * b * a, (3 if shape.gated_ffn else 2) * b * f)
+    lm_head = b * d + v * (b + (4 if b < 4 else 0) + 4)
+    return batch.sequences * batch.length * max(layer, lm_head)
+
+
+def inference_bytes(
+    shape: ModelShape, placement: str, world_size: int, dtype_bytes: int, batch: InferenceBatch, zero: ZeroSetting
+) -> InferenceBytes:
+    """Per-rank bytes of evaluating `shape` as a "replica" or partitioned ("zero3", settings `zero`)
+    over `world_size` ranks, in `dtype_bytes` per parameter (see module doc)."""
+    activations = inference_activation_bytes(shape, batch, dtype_bytes)
+    if placement == "replica":
+        return InferenceBytes(dtype_bytes * shape.parameters, 0, activations)
+    if placement != "zero3":
+        raise ValueError(f"placement {placement!r}: the planner knows replica and zero3")
+    partitioned = stage3_partition_elements(shape, world_size) + persistent_elements(shape, zero.persistence_threshold)
+    return InferenceBytes(dtype_bytes * partitioned, dtype_bytes * stage3_gathered_elements(shape, zero), activations)

@@ -12,28 +12,34 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..train.config import TrainConfig, gradient_accumulation_steps
 from .communication import Traffic, step_traffic
 from .devices import peak_tflops as table_peak_tflops
 from .flops import training_flops_per_token
 from .memory import (
+    DEVICE_RESERVED_BYTES,
+    FRAGMENTATION_SHARE,
     GIB,
     HOST_OVERHEAD_PER_RANK_BYTES,
+    InferenceBatch,
     ModelStateBytes,
     ZeroSetting,
     activation_bytes,
     model_state_bytes,
+    usable_device_bytes,
 )
 from .model_shape import ModelShape, model_shape
 
-# Of each GPU's memory, what training tensors cannot use: the CUDA context, NCCL and cuBLAS
-# workspaces (a fixed part) and allocator fragmentation (a share). Stated in every plan.
-DEVICE_RESERVED_BYTES = 2 * GIB
-FRAGMENTATION_SHARE = 0.10
+if TYPE_CHECKING:
+    from ..evaluation.placement import PlacementEstimate
+
 # Source length assumed when the shard directory's meta.json cannot be read.
 DEFAULT_SOURCE_LENGTH = 256
+# Bytes per parameter of the weights `seq2vae eval` may get: a run directory's export (fp32, what
+# `seq2vae eval --model RUN_DIR` evaluates) or `seq2vae export --dtype bf16`.
+EVAL_DTYPE_BYTES = {"fp32": 4, "bf16": 2}
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,7 @@ class ClusterLayout:
 
     @property
     def usable_gpu_bytes(self) -> int:
-        return int(self.gpu_memory_gib * GIB * (1 - FRAGMENTATION_SHARE) - DEVICE_RESERVED_BYTES)
+        return usable_device_bytes(self.gpu_memory_gib * GIB)
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,38 @@ class Estimate:
         return self.fits_gpu and self.fits_host
 
 
+@dataclass(frozen=True)
+class EvalPlacements:
+    """`seq2vae eval --placement auto`'s estimate on the layout, with eval's default settings, per
+    weight dtype (EVAL_DTYPE_BYTES): the same numbers eval decides with."""
+
+    batch: InferenceBatch  # its largest decoder call
+    by_dtype: dict[str, PlacementEstimate]  # EVAL_DTYPE_BYTES name -> both placements and the choice
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sequences_per_decoder_call": self.batch.sequences,
+            "length": self.batch.length,
+            **{name: estimate.to_dict() for name, estimate in self.by_dtype.items()},
+        }
+
+
+def eval_placements(shape: ModelShape, layout: ClusterLayout, length: int) -> EvalPlacements:
+    """Where `seq2vae eval` (default settings, on the layout's GPUs) would put a model of `shape`
+    evaluated on sentences of up to `length` tokens."""
+    import torch
+
+    # Not at the top: seq2vae.evaluation.placement imports this package's memory module.
+    from ..evaluation.harness import EvalConfig
+    from ..evaluation.placement import estimate_placement, eval_batch
+
+    defaults = EvalConfig()
+    batch = eval_batch(defaults.iw_samples, defaults.batch_size, defaults.decoder_batch_size, torch.device("cuda"), length)
+    memory = layout.gpu_memory_gib * GIB
+    by_dtype = {name: estimate_placement(shape, size, batch, memory, layout.world_size) for name, size in EVAL_DTYPE_BYTES.items()}
+    return EvalPlacements(batch, by_dtype)
+
+
 @dataclass
 class Plan:
     backbone: str
@@ -109,6 +147,7 @@ class Plan:
     flops_per_token: float  # training model FLOPs per source + target token
     recommendation: Estimate  # what to run (the configured setting when it is already the best)
     recommended_traffic: Traffic
+    evaluation: EvalPlacements | None = None  # where `seq2vae eval` would put the trained model
     problems: list[str] = field(default_factory=list)  # what to change for the run to fit; empty = fits
     notes: list[str] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)
@@ -164,6 +203,7 @@ class Plan:
                 "communication": dataclasses.asdict(self.recommended_traffic),
                 "fits": recommendation.fits,
             },
+            "evaluation": self.evaluation.to_dict() if self.evaluation is not None else None,
             "notes": self.notes,
             "assumptions": self.assumptions,
         }
@@ -316,6 +356,7 @@ def plan_run(config: TrainConfig, layout: ClusterLayout, source_length: int | No
         flops_per_token=training_flops_per_token(shape, length),
         recommendation=recommendation,
         recommended_traffic=traffic(recommendation.zero, recommendation.micro_batch_size),
+        evaluation=eval_placements(shape, layout, length),
     )
     plan.problems = _problems(plan)
     plan.notes = _notes(plan, ladder, checkpointing_choices, micro_choices)

@@ -44,6 +44,32 @@ def render_plan(plan: Plan) -> str:
         + ("" if rec["fits"] else " (does NOT fit)")
     )
     lines.append(f"  change: {change}")
+    lines += _evaluation_lines(plan)
     lines += [f"note: {note}" for note in plan.notes]
     lines += [f"assumption: {assumption}" for assumption in plan.assumptions]
     return "\n".join(lines)
+
+
+# How each weight dtype of EVAL_DTYPE_BYTES reaches `seq2vae eval`.
+_EVAL_DTYPE_SOURCES = {"fp32": "a run directory's export", "bf16": "seq2vae export --dtype bf16"}
+
+
+def _evaluation_lines(plan: Plan) -> list[str]:
+    """`seq2vae eval --placement auto`'s choice for the trained model, per weight dtype."""
+    if plan.evaluation is None:
+        return []
+    batch = plan.evaluation.batch
+    lines = [
+        f"evaluation (seq2vae eval defaults: {batch.sequences} sequences x {batch.length} tokens per decoder call):"
+    ]
+    for name, estimate in plan.evaluation.by_dtype.items():
+        weights = f"  {name} weights ({_EVAL_DTYPE_SOURCES.get(name, name)})"
+        if estimate.placement is None:
+            lines.append(f"{weights}: fits NO placement: {estimate.problem}")
+            continue
+        chosen = estimate.replica if estimate.placement == "replica" else estimate.zero3
+        other = "" if estimate.placement == "replica" else f" (a replica would need {_gib(estimate.replica.total)})"
+        lines.append(
+            f"{weights}: {estimate.placement}, {_gib(chosen.total)} per rank of {_gib(estimate.usable_bytes)} usable{other}"
+        )
+    return lines

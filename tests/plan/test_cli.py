@@ -62,6 +62,9 @@ def test_text_report_names_the_verdict(backbone_dirs, capsys):
                       "--nodes", "1", "--gpus-per-node", "8", "--max-length", "128"])
     out = capsys.readouterr().out
     assert code == 0 and "fits: yes" in out and "parameters" in out and "recommendation: ZeRO-2" in out
+    # Where `seq2vae eval --placement auto` would put the trained model (t5-base: a replica).
+    assert "evaluation (seq2vae eval defaults: 1024 sequences x 128 tokens per decoder call):" in out
+    assert "  fp32 weights (a run directory's export): replica," in out
 
 
 def test_slurm_render_refuses_a_job_that_cannot_fit(backbone_dirs, tmp_path):

@@ -6,8 +6,17 @@ import pytest
 from transformers import AutoConfig
 
 from seq2vae.model import VAEConfig
-from seq2vae.plan import ZeroSetting, activation_bytes, model_shape, model_state_bytes, training_flops_per_token
+from seq2vae.plan import (
+    InferenceBatch,
+    ZeroSetting,
+    activation_bytes,
+    inference_bytes,
+    model_shape,
+    model_state_bytes,
+    training_flops_per_token,
+)
 from seq2vae.plan.flops import forward_flops_per_sentence
+from seq2vae.plan.memory import inference_activation_bytes
 
 P = 2376  # the tiny T5 VAE, counted in test_model_shape.py; every parameter has an even size
 HALF = P // 2  # per-rank partition on 2 ranks
@@ -53,6 +62,27 @@ def test_activations_shrink_with_checkpointing_and_grow_with_the_batch(tiny):
     full = activation_bytes(tiny, 4, 32, "bf16", checkpointing=False)
     assert activation_bytes(tiny, 8, 32, "bf16", checkpointing=False) > 1.9 * full
     assert activation_bytes(tiny, 4, 32, "bf16", checkpointing=True) < full
+
+
+def test_inference_bytes_per_placement(tiny):
+    batch = InferenceBatch(sequences=3, length=5)  # 15 tokens in one decoder call
+    # fp32 (b = 4), per token: a layer holds 3bD = 96 plus the larger of attention 4bA = 128 and the
+    # ReLU FFN 2bF = 128; the LM head the hidden state bD = 32 plus the logits and cross-entropy's
+    # log-softmax (4 + 4) V = 800 (the logits are fp32 already: no copy). The LM head is the peak.
+    assert inference_activation_bytes(tiny, batch, 4) == 15 * 832
+    # bf16: hidden 2D = 16, logits 2V, their fp32 copy 4V, log-softmax 4V: 1016.
+    assert inference_activation_bytes(tiny, batch, 2) == 15 * 1016
+    zero = ZeroSetting(stage=3, prefetch_bucket_size=57, persistence_threshold=80)
+    replica = inference_bytes(tiny, "replica", 2, 4, batch, zero)
+    assert (replica.weights, replica.gathered, replica.total) == (4 * P, 0, 4 * P + 15 * 832)
+    # ZeRO-3 on 2 ranks: half of every parameter + the 1064 persistent elements whole (see above); the
+    # model is smaller than the reuse distance, so all of it ends up gathered.
+    three = inference_bytes(tiny, "zero3", 2, 4, batch, zero)
+    assert (three.weights, three.gathered) == (4 * (HALF + 1064), 4 * P)
+    # Without reuse: the running module (the 100 x 8 embedding is the largest) + the prefetch bucket.
+    no_reuse_setting = ZeroSetting(stage=3, prefetch_bucket_size=57, max_reuse_distance=0)
+    no_reuse = inference_bytes(tiny, "zero3", 2, 4, batch, no_reuse_setting)
+    assert no_reuse.gathered == 4 * (800 + 57)
 
 
 def test_t5_base_flops_per_token_hand_count(backbone_dirs):
