@@ -1,13 +1,21 @@
-"""Peak host memory of `seq2vae export`: lean (meta device + assign) vs the former random-init export.
+"""Peak host memory of `seq2vae export`: our consolidation (train/consolidate.py) vs DeepSpeed's.
 
 Builds a random ~100M-parameter T5 VAE, saves a one-rank ZeRO-2 DeepSpeed checkpoint of it as a run
 directory, then exports that run in fresh child processes, one per path, each reporting its own peak
-RSS (ru_maxrss) above its RSS right after imports. Printed side by side in one run:
+RSS (ru_maxrss) above its RSS right after imports, and the peak after each step. Printed side by side
+in one run:
 
-- lean fp32 / lean bf16: `train.export.export_run` (the VAE on the meta device, consolidated tensors
-  assigned, converted to the export dtype tensor by tensor);
-- random-init fp32: the former export (the whole VAE randomly initialised in fp32, then the state
-  dict copied in), for comparison.
+- lean fp32 / lean bf16: `train.export.export_run` as it is: `consolidate` (files memory-mapped, each
+  parameter written straight in the export dtype, file pages handed back once copied), then the VAE
+  built on the meta device with those tensors assigned, then saved;
+- lean fp32, pages kept: the same with `MappedPages.release` disabled. RSS counts the file-backed
+  pages of the mapped checkpoint that were read (RssFile), although the kernel could drop them: this
+  row shows what handing them back saves in what ru_maxrss, `top` or an RSS-limited scheduler see;
+- deepspeed fp32 / deepspeed bf16: the former export, DeepSpeed's `get_fp32_state_dict_from_zero_checkpoint`
+  then the same assembly and save.
+
+RSS is the measure throughout (not only anonymous memory), so nothing file-backed is left out. The
+lean and DeepSpeed exports of one dtype must write byte-identical safetensors files (checked).
 
 Goal (issue 10.4): peak above imports <= consolidated fp32 state + 1.3 x the exported model's bytes.
 
@@ -69,60 +77,88 @@ def make_run(root: Path, layers: int, width: int) -> Path:
     return run_dir
 
 
-def random_init_export(run_dir: Path, output: Path) -> None:
-    """The former export: a randomly initialised fp32 VAE, the consolidated state dict copied in."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+# path -> (consolidation, dtype, whether consolidate hands the file pages it read back)
+PATHS = {
+    "lean fp32": ("lean", "fp32", True),
+    "lean bf16": ("lean", "bf16", True),
+    "lean fp32, pages kept": ("lean", "fp32", False),
+    "deepspeed fp32": ("deepspeed", "fp32", True),
+    "deepspeed bf16": ("deepspeed", "bf16", True),
+}
 
-    from seq2vae.model import build_vae
-    from seq2vae.train.config import load_train_config
 
-    config = load_train_config(run_dir / "config.yaml")
-    state_dict = get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"), tag="step_00000000")
-    vae = build_vae(config.model, pretrained_weights=False).float()
-    vae.load_state_dict(state_dict, strict=False)
-    del state_dict
-    vae.save_pretrained(output)
+def rss_parts() -> dict[str, int]:
+    """The current anonymous and file-backed resident bytes (RssAnon, RssFile of /proc/self/status)."""
+    parts = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                name, value, _ = line.split()
+                parts[name.rstrip(":")] = int(value) * 1024
+    return parts
 
 
 def measure(path: str, run_dir: str, output: str) -> None:
-    """Child process: one export, then a JSON line with its memory figures."""
-    import torch  # noqa: F401  (imports count toward the baseline, not the export)
-    import deepspeed  # noqa: F401
-    import transformers  # noqa: F401
+    """Child process: one export, then a JSON line with its memory figures (relative to after imports)."""
+    # Imports count toward the baseline, not the export.
+    import deepspeed.utils.zero_to_fp32  # noqa: F401
+    import transformers.models.t5.modeling_t5  # noqa: F401
 
-    baseline = current_rss()
-    stages = {}
-    if path == "random-init fp32":
-        random_init_export(Path(run_dir), Path(output))
-    else:
-        lean_export(Path(run_dir), Path(output), path.split()[-1], stages)
-    written = sum(p.stat().st_size for p in Path(output).rglob("*.safetensors"))
-    stages = {name: value - baseline for name, value in stages.items()}
-    print(json.dumps({"baseline": baseline, "peak": peak_rss(), "written": written, "stages": stages}))
+    import seq2vae.model  # noqa: F401
+    import seq2vae.train.config  # noqa: F401
+    import seq2vae.train.consolidate  # noqa: F401
+    import seq2vae.train.export  # noqa: F401
+    from seq2vae.train.mapped_pages import MappedPages
+
+    consolidation, dtype, release_pages = PATHS[path]
+    if not release_pages:
+        MappedPages.release = lambda self, tensor: None
+    baseline, baseline_parts = current_rss(), rss_parts()
+    peaks, parts = export(Path(run_dir), Path(output), consolidation, dtype)
+    print(json.dumps({
+        "peak": peak_rss() - baseline,
+        "written": sum(p.stat().st_size for p in Path(output).rglob("*.safetensors")),
+        "peaks": {name: value - baseline for name, value in peaks.items()},
+        "parts": {name: value - baseline_parts[name] for name, value in parts.items()},
+    }))
 
 
-def lean_export(run_dir: Path, output: Path, dtype: str, stages: dict) -> None:
-    """`export_run`'s steps one by one, recording the peak RSS after each (the breakdown in RESULTS.md)."""
+def export(run_dir: Path, output: Path, consolidation: str, dtype: str) -> tuple[dict[str, int], dict[str, int]]:
+    """`export_run`'s steps one by one, `consolidation` "lean" (ours) or "deepspeed".
+
+    Returns the peak RSS after each step, and RssAnon / RssFile right after the consolidation.
+    """
     import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from seq2vae.model import build_vae
     from seq2vae.train.config import load_train_config
+    from seq2vae.train.consolidate import consolidate
     from seq2vae.train.export import DTYPES, assemble
-    from seq2vae.train.safe_load import weights_only_loading
 
     config = load_train_config(run_dir / "config.yaml")
     checkpoint = run_dir / "checkpoints" / "step_00000000"
-    with weights_only_loading(checkpoint):
+    if consolidation == "lean":
+        state_dict = consolidate(checkpoint, DTYPES[dtype])
+    else:  # our own checkpoint: trusted, read as DeepSpeed reads it
         state_dict = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
-    stages["consolidated"] = peak_rss()
+    peaks = {"consolidated": peak_rss()}
+    parts = rss_parts()
     with torch.device("meta"):
         vae = build_vae(config.model, pretrained_weights=False)
     vae = assemble(vae, state_dict, DTYPES[dtype], str(checkpoint))
     del state_dict
-    stages["assembled"] = peak_rss()
+    peaks["assembled"] = peak_rss()
     vae.save_pretrained(output)
-    stages["saved"] = peak_rss()
+    peaks["saved"] = peak_rss()
+    return peaks, parts
+
+
+def same_files(first: Path, second: Path) -> bool:
+    names = sorted(p.relative_to(first) for p in first.rglob("*.safetensors"))
+    return names == sorted(p.relative_to(second) for p in second.rglob("*.safetensors")) and all(
+        (first / name).read_bytes() == (second / name).read_bytes() for name in names
+    )
 
 
 def main() -> None:
@@ -149,16 +185,20 @@ def main() -> None:
                 parameters += sum(_numel(handle.get_slice(key).get_shape()) for key in handle.keys())
         consolidated = 4 * parameters  # fp32 state dict (VAE heads are < 0.1% and left out)
         print(f"random T5 VAE, {parameters / 1e6:.1f}M backbone parameters; consolidated fp32 state {consolidated / MIB:.0f} MiB")
-        print(f"{'path':<18} {'exported MiB':>12} {'peak above imports MiB':>23} {'(peak - consolidated) / exported':>33}")
-        for path in ("lean fp32", "lean bf16", "random-init fp32"):
-            output = root / path.replace(" ", "-")
+        print(f"{'path':<22} {'exported MiB':>12} {'peak above imports MiB':>23} {'(peak - consolidated) / exported':>33}"
+              "   peak after consolidation / assembly / save; RssAnon + RssFile after consolidation (MiB)")
+        for path in PATHS:
+            output = root / path.replace(" ", "-").replace(",", "")
             done = subprocess.run([sys.executable, __file__, "--measure", path, str(run_dir), str(output)],
                                   check=True, env=env, capture_output=True, text=True)
             figures = json.loads(done.stdout.strip().splitlines()[-1])
-            above = figures["peak"] - figures["baseline"]
-            ratio = (above - consolidated) / figures["written"]
-            stages = ", ".join(f"{name} {value / MIB:.0f}" for name, value in figures["stages"].items())
-            print(f"{path:<18} {figures['written'] / MIB:>12.0f} {above / MIB:>23.0f} {ratio:>33.2f}   {stages}")
+            ratio = (figures["peak"] - consolidated) / figures["written"]
+            peaks = " / ".join(f"{value / MIB:.0f}" for value in figures["peaks"].values())
+            parts = f"{figures['parts']['RssAnon'] / MIB:.0f} + {figures['parts']['RssFile'] / MIB:.0f}"
+            print(f"{path:<22} {figures['written'] / MIB:>12.0f} {figures['peak'] / MIB:>23.0f} {ratio:>33.2f}   {peaks}; {parts}")
+        for dtype in ("fp32", "bf16"):
+            identical = same_files(root / f"lean-{dtype}", root / f"deepspeed-{dtype}")
+            print(f"lean and deepspeed {dtype} exports byte-identical: {identical}")
 
 
 def _numel(shape) -> int:

@@ -2,14 +2,16 @@
 
 A run's checkpoint -> a `save_pretrained` directory that `Seq2SeqVAE.from_pretrained` reads without
 DeepSpeed. DeepSpeed checkpoints hold ZeRO partitions (one file per rank, fp32 master weights inside
-the optimizer state); `get_fp32_state_dict_from_zero_checkpoint` stitches them into one fp32 state
-dict, for any ZeRO stage and number of ranks, on CPU, loading only weights (`safe_load.py`).
+the optimizer state); `consolidate.py` stitches them into one state dict, for any ZeRO stage and
+number of ranks, on CPU, opening the files memory-mapped and weights-only (`safe_load.py`) and
+writing each parameter straight in the export dtype (the values DeepSpeed's
+`get_fp32_state_dict_from_zero_checkpoint` returns, without its memory peak at twice that state).
 
 Lean: the VAE is built from the run's config.yaml on the meta device (no random fp32 initialisation
-of the whole model) and the consolidated tensors become its parameters (`load_state_dict(assign=True)`),
-converted to the export dtype one tensor at a time. Host memory peaks near the consolidated state plus
-the exported model (bench/bench_export.py measures it). Backbones larger than --max-shard-size are
-written as several safetensors shards with an index, as transformers does.
+of the whole model) and the consolidated tensors become its parameters (`load_state_dict(assign=True)`).
+Host memory peaks near the exported model's bytes (bench/bench_export.py measures it). Backbones
+larger than --max-shard-size are written as several safetensors shards with an index, as
+transformers does.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import torch
 
 from ..model import Seq2SeqVAE, build_vae
 from .checkpoint import latest_checkpoint
-from .safe_load import weights_only_loading
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -38,8 +39,9 @@ def _tied_aliases(vae: Seq2SeqVAE) -> list[list[str]]:
 def assemble(vae: Seq2SeqVAE, state_dict: dict[str, torch.Tensor], dtype: torch.dtype, source: str) -> Seq2SeqVAE:
     """Makes the consolidated tensors the parameters of a meta-device `vae`, in `dtype`; re-ties tied weights.
 
-    `state_dict` is consumed (entries are replaced by their converted copies as it goes), so the fp32
-    originals can be freed one by one. Raises ValueError naming what does not match.
+    `state_dict` is consumed (entries are replaced by their converted copies as it goes), so originals in
+    another dtype can be freed one by one (`consolidate` already writes them in `dtype`: then nothing is
+    copied). Raises ValueError naming what does not match.
     """
     expected = set(vae.state_dict())
     for names in _tied_aliases(vae):  # stored once in the checkpoint, needed under every name here
@@ -83,9 +85,8 @@ def export_run(
     Returns:
         the written directory.
     """
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
     from .config import load_train_config
+    from .consolidate import consolidate
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r}: valid: {', '.join(DTYPES)}")
@@ -104,8 +105,7 @@ def export_run(
         if not path.is_dir():
             available = ", ".join(sorted(p.name for p in checkpoints_dir.glob("step_*"))) or "none"
             raise FileNotFoundError(f"checkpoint {checkpoint!r} not found in {checkpoints_dir}; available: {available}")
-    with weights_only_loading(path):  # DeepSpeed's loader would otherwise unpickle anything
-        state_dict = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints_dir), tag=path.name)
+    state_dict = consolidate(path, DTYPES[dtype])
     with torch.device("meta"):  # architecture only: no weights read, no random initialisation
         vae = build_vae(config.model, pretrained_weights=False)
     vae = assemble(vae, state_dict, DTYPES[dtype], str(path))

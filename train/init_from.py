@@ -7,8 +7,8 @@ then assigns every parameter through `initial_weights.copy_parameters`, which un
 parameter at a time and lets rank 0 write it, so only rank 0 ever reads weights:
 
 - from a model directory tensor by tensor (safetensors `safe_open`: one tensor in memory at a time);
-- from a run directory through DeepSpeed's fp32 consolidation of the checkpoint (rank 0 holds the
-  consolidated state, the other ranks nothing), loaded weights-only (`safe_load.py`).
+- from a run directory through the fp32 consolidation of its checkpoint (`consolidate.py`: files
+  memory-mapped and weights-only; rank 0 holds the consolidated state, the other ranks nothing).
 """
 
 from __future__ import annotations
@@ -125,23 +125,16 @@ class _ModelDirectoryTensors:
         return handle.get_tensor(key)
 
 
-def _run_checkpoint_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    from .safe_load import weights_only_loading
-
-    with weights_only_loading(checkpoint):
-        return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
-
-
 def load_init_weights(vae: Seq2SeqVAE, source: InitSource, zero3: bool) -> None:
     """Assigns every parameter of `vae` from `source` (a collective under ZeRO-3: call on all ranks)."""
+    from .consolidate import consolidate
+
     reader = None
 
     def tensor(name: str) -> torch.Tensor | None:
         nonlocal reader
         if reader is None:  # opened lazily: under ZeRO-3 only rank 0 ever asks
-            reader = _ModelDirectoryTensors(source.path) if source.kind == "model" else _run_checkpoint_tensors(source.path)
+            reader = _ModelDirectoryTensors(source.path) if source.kind == "model" else consolidate(source.path)
         for alias in aliases[name]:
             value = reader.get(alias)
             if value is not None:

@@ -89,8 +89,8 @@ def launch() -> type[Launch]:
 
 
 # ------------------------------------------------------------------------------ golden runs
-# Shared by test_initial_weights.py (stage agreement), test_safe_load.py, test_init_from.py and
-# test_export.py (real checkpoints of real runs): launched once per session.
+# Shared by test_initial_weights.py (stage agreement), test_safe_load.py, test_init_from.py,
+# test_consolidate.py and test_export.py (real checkpoints of real runs): launched once per session.
 INITIAL_WEIGHTS_PROBE = Path(__file__).with_name("initial_weights_probe.py")
 GOLDEN_STAGES = ("zero1", "zero2", "zero3")
 GOLDEN_STEPS = 20
