@@ -15,6 +15,7 @@ import re
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 
@@ -97,9 +98,27 @@ def init_world(timeout_s: int) -> World:
         deepspeed.init_distributed(
             dist_backend="gloo" if cpu else "nccl", timeout=timedelta(seconds=timeout_s), verbose=False
         )
+        if cpu:
+            _unlink_shared_memory_buffer(dist.get_rank())
     else:
         set_collective_timeout(timeout_s)  # a later run in this process: its start-up timeout again
     return World(rank=dist.get_rank(), local_rank=local_rank, size=dist.get_world_size(), device=device)
+
+
+def _unlink_shared_memory_buffer(rank: int) -> None:
+    """Removes this rank's /dev/shm name of DeepSpeed's CPU all-reduce buffer once every rank maps it.
+
+    DeepSpeed's CPU comm (ops/csrc/cpu/comm/shm.cpp) creates `deepspeed_allreduce_buffer_<uid>_<addr>_
+    <port>_<rank>` (~66 MiB) at start-up and never unlinks it: every CPU run left its buffers in RAM
+    (seen: 21 GB of them after a day of tests). Each rank maps all ranks' buffers inside
+    init_distributed, so after a barrier the names are no longer needed; the mappings stay valid
+    until the process exits, however it exits.
+    """
+    import torch.distributed as dist
+
+    dist.barrier()
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ['MASTER_ADDR']}_{os.environ['MASTER_PORT']}_{rank}"
+    Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 def set_collective_timeout(timeout_s: float) -> None:

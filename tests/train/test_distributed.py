@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,18 @@ def test_ranks_that_shut_the_world_down_always_exit_zero(launch):
         process = launch.run([WORKER], timeout=180)
         assert process.returncode == 0, launch.tail(process)
         assert "SIGABRT" not in process.stderr and "terminate called" not in process.stderr, launch.tail(process)
+
+
+def _allreduce_buffers() -> set[str]:
+    return {path.name for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*")}
+
+
+def test_ranks_leave_no_shared_memory_buffers_behind(launch):
+    # DeepSpeed's CPU comm never unlinks its ~66 MiB all-reduce buffer per rank; a day of runs filled RAM.
+    before = _allreduce_buffers()
+    process = launch.run([WORKER], timeout=180)
+    assert process.returncode == 0, launch.tail(process)
+    assert _allreduce_buffers() - before == set()
 
 
 TIMEOUT_WORKER = str(Path(__file__).with_name("timeout_worker.py"))
