@@ -7,7 +7,7 @@ import dataclasses
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from ..config import ConfigError
-from .config import VAEConfig
+from .config import VAEConfig, with_dropout
 from .debug import DEBUG_BACKBONES, debug_backbone_config
 from .vae import Seq2SeqVAE
 
@@ -19,12 +19,13 @@ def _tokenizer(config: VAEConfig):
 
 
 def backbone_config(config: VAEConfig, tokenizer=None) -> PretrainedConfig:
-    """The backbone's architecture alone (no weights): the debug flavour's, or the pretrained model's config."""
+    """The backbone's architecture alone (no weights): the debug flavour's, or the pretrained model's
+    config, with the run's `model.dropout` applied."""
     if config.backbone in DEBUG_BACKBONES:
         if tokenizer is None:  # not `or`: a tokenizer's truth value is its vocabulary size
             tokenizer = _tokenizer(config)
-        return debug_backbone_config(config.backbone.removeprefix("debug-"), tokenizer)
-    return AutoConfig.from_pretrained(config.backbone)
+        return with_dropout(debug_backbone_config(config.backbone.removeprefix("debug-"), tokenizer), config.dropout)
+    return with_dropout(AutoConfig.from_pretrained(config.backbone), config.dropout)
 
 
 def build_vae(config: VAEConfig, pretrained_weights: bool = True) -> Seq2SeqVAE:

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from transformers import PretrainedConfig
+
 from ..config import ConfigError, build_from_dict, doc
 
 Pooling = Literal["mean", "max", "first", "attention"]
@@ -30,6 +32,11 @@ class VAEConfig:
         "off (the reference T5-VAE); 'prefix_embedding' = prefix + embedding (Optimus)",
     )
     memory_states: int = doc(1, "number M of pseudo-encoder states z is projected to (memory injection)")
+    dropout: float | None = doc(
+        None,
+        "the backbone's dropout probability for this run (T5: dropout_rate; BART: dropout, attention_dropout, "
+        "activation_dropout); null keeps the backbone's own",
+    )
     gradient_checkpointing: bool = doc(False, "recompute backbone activations in backward to save memory")
     init_from: str | None = doc(
         None,
@@ -43,6 +50,8 @@ class VAEConfig:
             raise ConfigError(f"model.latent_dim must be >= 1, got {self.latent_dim}")
         if self.memory_states < 1:
             raise ConfigError(f"model.memory_states must be >= 1, got {self.memory_states}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -50,3 +59,16 @@ class VAEConfig:
     @classmethod
     def from_dict(cls, values: dict, source: str = "vae_config.json") -> "VAEConfig":
         return build_from_dict(cls, values, "model", source)
+
+
+# The dropout probabilities T5-family and BART-family configs carry; each config has some of them.
+DROPOUT_ATTRIBUTES = ("dropout_rate", "dropout", "attention_dropout", "activation_dropout")
+
+
+def with_dropout(backbone_config: PretrainedConfig, dropout: float | None) -> PretrainedConfig:
+    """`backbone_config` with every dropout probability it has set to `dropout` (None: unchanged)."""
+    if dropout is not None:
+        for name in DROPOUT_ATTRIBUTES:
+            if hasattr(backbone_config, name):
+                setattr(backbone_config, name, dropout)
+    return backbone_config

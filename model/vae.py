@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from .config import VAEConfig
+from .config import VAEConfig, with_dropout
 from .objective import gaussian_kl_per_dim
 from .pooling import Pooler
 from .prefix import PrefixInjection
@@ -125,7 +125,8 @@ class Seq2SeqVAE(nn.Module):
     def from_backbone(cls, name_or_path: str, tokenizer: str | None = None, **vae_settings) -> "Seq2SeqVAE":
         """Loads pretrained backbone weights (hub name on a cluster, local directory anywhere)."""
         config = VAEConfig(backbone=name_or_path, tokenizer=tokenizer, **vae_settings)
-        backbone = AutoModelForSeq2SeqLM.from_pretrained(name_or_path)
+        backbone_config = with_dropout(AutoConfig.from_pretrained(name_or_path), config.dropout)
+        backbone = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, config=backbone_config)
         return cls(backbone, config, AutoTokenizer.from_pretrained(tokenizer or name_or_path))
 
     @classmethod

@@ -25,7 +25,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--help-config", action="store_true", help="print every config key and exit")
     parser.add_argument("--debug", action="store_true", help="show the traceback behind an error message (or SEQ2VAE_DEBUG=1)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may sit before and after options
 
 
 def main(argv: list[str] | None = None) -> int:

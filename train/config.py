@@ -67,6 +67,12 @@ class PhaseConfig:
         "'dimension': threshold each sentence's KL_d (Optimus' dim_target_kl, which masks to 0 where we clamp "
         "to lambda); 'batch': threshold the batch-mean KL_d (Kingma et al. 2016). See docs/CONVENTIONS.md"
     )
+    latent: Literal["sample", "mean"] = doc(
+        "sample",
+        "what the decoder reads: 'sample' = z drawn from q(z|x) (the reference's every phase); 'mean' = z = mu, "
+        "a deterministic autoencoder (beta 0 only: with no reconstruction term on sigma, a KL term would only "
+        "shrink mu)",
+    )
     deletion_rate: float = doc(0.0, "fraction of encoder input tokens deleted (denoising)")
     masking_rate: float = doc(0.0, "fraction of encoder input tokens replaced by the mask token (denoising)")
     freeze: list[str] = doc(
@@ -195,6 +201,11 @@ def validate_train_config(config: TrainConfig) -> TrainConfig:
             _require(beta.warmup_steps >= 0, f"{key}.beta.warmup_steps", "must be >= 0")
         _require(beta.cycles >= 1, f"{key}.beta.cycles", "must be >= 1")
         _require(0 < beta.ratio <= 1, f"{key}.beta.ratio", "must be in (0, 1]")
+        _require(
+            phase.latent == "sample" or (beta.value == 0 and beta.start == 0),
+            f"{key}.latent",
+            "'mean' decodes from mu, which needs beta 0 throughout the phase (beta.value and beta.start 0)",
+        )
     _require(config.total_steps > 0, "phases", "every phase has 0 steps: nothing to train")
     optim = config.optim
     _require(optim.lr > 0, "optim.lr", "must be > 0")

@@ -66,7 +66,7 @@ def prepare_tokenizer(output: Path, corpus: Path, backbone: str, vocab_size: int
         return str(directory)
     with corpus.open() as lines:
         train_tokenizer((json.loads(line)["text"] for line in lines), directory, vocab_size=vocab_size)
-    log.info("tokenizer: trained a %d-entry Unigram vocabulary offline, saved to %s", vocab_size, directory)
+    log.info("tokenizer: trained a %d-entry BPE vocabulary offline, saved to %s", vocab_size, directory)
     return str(directory)
 
 
@@ -86,7 +86,7 @@ def prepare_shards(output: Path, corpus: Path, tokenizer: str, valid_fraction: f
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # overrides may sit before and after options
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     output = Path(args.output).resolve()
     output.mkdir(parents=True, exist_ok=True)

@@ -240,7 +240,10 @@ class Trainer:
                 keep_ids=self.protected_token_ids,
             )
             batch = {key: value.to(self.world.device) for key, value in batch.items()}
-            output = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+            output = self.engine(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                sample=phase.latent == "sample",
+            )
             loss, parts = vae_loss(output.recon_nll, output.kl_per_dim, beta, phase.free_bits, phase.free_bits_mode)
             # All ranks agree before anyone steps: a rank alone skipping would desynchronise ZeRO.
             non_finite = any_rank(not bool(torch.isfinite(loss)), self.world.device)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from seq2vae.config import ConfigError
 from seq2vae.model import Seq2SeqVAE, VAEConfig, build_vae, gaussian_kl_per_dim
 
 
@@ -159,6 +160,22 @@ def test_from_backbone_loads_pretrained_weights_and_tokenizer_by_path(tiny_t5_di
     for name, parameter in source.backbone.state_dict().items():
         torch.testing.assert_close(vae.backbone.state_dict()[name], parameter, rtol=0, atol=0)
     assert vae.config.latent_dim == 8 and vae.latent_to_embedding is not None
+
+
+def test_model_dropout_overrides_every_dropout_of_the_backbone(tiny_t5_dir, tokenizer_dir, tmp_path):
+    source = Seq2SeqVAE.from_pretrained(tiny_t5_dir)
+    source.backbone.save_pretrained(tmp_path / "hf")
+    source.tokenizer.save_pretrained(tmp_path / "hf")
+    assert source.backbone.config.dropout_rate == 0.1
+    pretrained = build_vae(VAEConfig(backbone=str(tmp_path / "hf"), dropout=0.0))
+    assert pretrained.backbone.config.dropout_rate == 0.0
+    assert all(m.p == 0.0 for m in pretrained.backbone.modules() if isinstance(m, torch.nn.Dropout))
+    bart = build_vae(VAEConfig(backbone="debug-bart", tokenizer=str(tokenizer_dir), dropout=0.25)).backbone.config
+    assert (bart.dropout, bart.attention_dropout, bart.activation_dropout) == (0.25, 0.25, 0.25)
+    kept = build_vae(VAEConfig(backbone="debug-t5", tokenizer=str(tokenizer_dir))).backbone.config
+    assert kept.dropout_rate == 0.1  # null keeps the backbone's own
+    with pytest.raises(ConfigError, match="model.dropout"):
+        VAEConfig(dropout=1.0)
 
 
 def test_text_api(tiny_vae, sentences):

@@ -42,6 +42,13 @@ def test_overrides_beat_yaml_and_index_phases():
     assert config.phases[0].freeze == ["encoder"]
 
 
+def test_overrides_may_come_before_and_after_options():
+    from seq2vae.train.cli import parse_args
+
+    args = parse_args(["--config", "c.yaml", "optim.lr=1", "--resume", "never", "phases.0.steps=2"])
+    assert args.overrides == ["optim.lr=1", "phases.0.steps=2"] and args.resume == "never"
+
+
 @pytest.mark.parametrize(
     "override, key",
     [
@@ -55,6 +62,8 @@ def test_overrides_beat_yaml_and_index_phases():
         ("phases.1.deletion_rate=-0.1", "phases.1.deletion_rate"),
         ("data.micro_batch_size=0", "data.micro_batch_size"),
         ("optim.betas=[0.9]", "optim.betas"),
+        ("phases.1.latent=mean", "phases.1.latent"),  # the VAE phase has beta > 0
+        ("model.dropout=1.5", "model.dropout"),
     ],
 )
 def test_bad_values_name_their_key(override, key):
