@@ -6,7 +6,7 @@ and prints the table of the finding the paper reports: without the autoencoder p
 KL threshold the posterior collapses (KL ~ 0, no active units); with them it does not. The full
 report (markdown, CSV, figures) lands in OUTPUT/report.
 
-    python bench/bench_study.py                       # 4 rows, 1,000 training steps in all (bench/RESULTS.md)
+    python bench/bench_study.py                       # 8 rows, 6,300 training steps in all (bench/RESULTS.md)
     python bench/bench_study.py --output /tmp/study phases.1.steps=300
     OMP_NUM_THREADS=1 python bench/bench_study.py   # on a machine shared with other jobs
 """
