@@ -74,10 +74,12 @@ def _quarantine(paths: list[Path]) -> None:
             os.replace(path, target)
 
 
-def _newest_intact(checkpoints_dir: Path, world: World) -> Path | None:
+def _newest_intact(checkpoints_dir: Path, world: World, report: bool = True) -> Path | None:
     """`latest` if intact, else the newest older complete checkpoint that verifies (ALL ranks).
 
-    Every skipped checkpoint is reported on rank 0 with the files that made it unusable.
+    With `report`, every skipped checkpoint is reported on rank 0 with the files that made it
+    unusable, and moved aside; without it nothing is printed or moved (a check that each rank runs
+    alone before the world starts, when one rank moving a directory would pull it from under another).
     """
     pointer = checkpoints_dir / LATEST_FILE
     # Rank 0's view decides, so every rank walks the same candidates through the same collectives.
@@ -92,11 +94,11 @@ def _newest_intact(checkpoints_dir: Path, world: World) -> Path | None:
         path = checkpoints_dir / tag
         problems = checkpoint_problems(path, world.rank, world.size)
         if not problems:
-            if world.is_main:
+            if report and world.is_main:
                 _quarantine(skipped)
             return path
         skipped.append(path)
-        if world.is_main:
+        if report and world.is_main:
             print(
                 f"WARNING: skipping damaged checkpoint {path}:\n  " + "\n  ".join(problems)
                 + f"\n  falling back to the previous complete checkpoint; it is kept as {_quarantined(path).name}",
@@ -109,17 +111,18 @@ def _newest_intact(checkpoints_dir: Path, world: World) -> Path | None:
     )
 
 
-def resolve_resume(resume: str, checkpoints_dir: Path, world: World | None = None) -> Path | None:
+def resolve_resume(resume: str, checkpoints_dir: Path, world: World | None = None, report: bool = True) -> Path | None:
     """`resume` setting -> the verified checkpoint to load: auto (latest intact, else an older one with a
     warning), never, or an explicit path (DamagedCheckpointError naming the damaged files).
 
-    A collective when `world` has several ranks: call it on all of them.
+    A collective when `world` has several ranks: call it on all of them. `report=False` only looks:
+    no warnings, no damaged checkpoint moved aside.
     """
     world = world or World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
     if resume == "never":
         return None
     if resume == "auto":
-        return _newest_intact(checkpoints_dir, world)
+        return _newest_intact(checkpoints_dir, world, report)
     path = Path(resume)
     if not path.is_dir():
         raise FileNotFoundError(f"key 'resume': checkpoint directory {resume!r} does not exist")
