@@ -52,8 +52,8 @@ def _step_of(path: Path) -> int:
     return int(path.name[len(TAG_PREFIX):]) if path.name[len(TAG_PREFIX):].isdigit() else -1
 
 
-def _verified(path: Path, world: World) -> Path:
-    problems = checkpoint_problems(path, world.rank, world.size)
+def _verified(path: Path, world: World, look_only: bool) -> Path:
+    problems = checkpoint_problems(path, world.rank, world.size, checksums=not look_only)
     if problems:
         raise DamagedCheckpointError(f"checkpoint {path} cannot be loaded:\n  " + "\n  ".join(problems))
     return path
@@ -74,12 +74,11 @@ def _quarantine(paths: list[Path]) -> None:
             os.replace(path, target)
 
 
-def _newest_intact(checkpoints_dir: Path, world: World, report: bool = True) -> Path | None:
+def _newest_intact(checkpoints_dir: Path, world: World, look_only: bool) -> Path | None:
     """`latest` if intact, else the newest older complete checkpoint that verifies (ALL ranks).
 
-    With `report`, every skipped checkpoint is reported on rank 0 with the files that made it
-    unusable, and moved aside; without it nothing is printed or moved (a check that each rank runs
-    alone before the world starts, when one rank moving a directory would pull it from under another).
+    Every skipped checkpoint is reported on rank 0 with the files that made it unusable, and moved
+    aside, unless `look_only` (see `resolve_resume`).
     """
     pointer = checkpoints_dir / LATEST_FILE
     # Rank 0's view decides, so every rank walks the same candidates through the same collectives.
@@ -92,13 +91,13 @@ def _newest_intact(checkpoints_dir: Path, world: World, report: bool = True) -> 
     skipped: list[Path] = []
     for tag in candidates:
         path = checkpoints_dir / tag
-        problems = checkpoint_problems(path, world.rank, world.size)
+        problems = checkpoint_problems(path, world.rank, world.size, checksums=not look_only)
         if not problems:
-            if report and world.is_main:
+            if not look_only and world.is_main:
                 _quarantine(skipped)
             return path
         skipped.append(path)
-        if report and world.is_main:
+        if not look_only and world.is_main:
             print(
                 f"WARNING: skipping damaged checkpoint {path}:\n  " + "\n  ".join(problems)
                 + f"\n  falling back to the previous complete checkpoint; it is kept as {_quarantined(path).name}",
@@ -111,22 +110,24 @@ def _newest_intact(checkpoints_dir: Path, world: World, report: bool = True) -> 
     )
 
 
-def resolve_resume(resume: str, checkpoints_dir: Path, world: World | None = None, report: bool = True) -> Path | None:
+def resolve_resume(resume: str, checkpoints_dir: Path, world: World | None = None, look_only: bool = False) -> Path | None:
     """`resume` setting -> the verified checkpoint to load: auto (latest intact, else an older one with a
     warning), never, or an explicit path (DamagedCheckpointError naming the damaged files).
 
-    A collective when `world` has several ranks: call it on all of them. `report=False` only looks:
-    no warnings, no damaged checkpoint moved aside.
+    A collective when `world` has several ranks: call it on all of them. `look_only` is the check each
+    rank runs alone before the world starts: manifests, presence and sizes, no checksums (the ranks
+    verify those together, each its share, when the run resolves it again), and nothing printed or
+    moved aside (one rank moving a damaged checkpoint would pull it from under another still looking).
     """
     world = world or World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
     if resume == "never":
         return None
     if resume == "auto":
-        return _newest_intact(checkpoints_dir, world, report)
+        return _newest_intact(checkpoints_dir, world, look_only)
     path = Path(resume)
     if not path.is_dir():
         raise FileNotFoundError(f"key 'resume': checkpoint directory {resume!r} does not exist")
-    return _verified(path, world)
+    return _verified(path, world, look_only)
 
 
 def capture_rng(noise_generator: torch.Generator) -> dict[str, Any]:

@@ -119,7 +119,7 @@ def read_manifest(checkpoint_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def _check_files(checkpoint_dir: Path, files: dict[str, Any], rank: int, world_size: int) -> list[str]:
+def _check_files(checkpoint_dir: Path, files: dict[str, Any], rank: int, world_size: int, checksums: bool) -> list[str]:
     problems = []
     for name, expected in sorted(files.items()):
         if file_owner(name, world_size) != rank:
@@ -132,19 +132,20 @@ def _check_files(checkpoint_dir: Path, files: dict[str, Any], rank: int, world_s
         if size != expected["size"]:
             problems.append(f"{path}: {size} bytes, the manifest says {expected['size']} (truncated or overwritten)")
             continue
-        if checksum_file(path)["crc32"] != expected["crc32"]:
+        if checksums and checksum_file(path)["crc32"] != expected["crc32"]:
             problems.append(f"{path}: checksum mismatch (corrupted)")
     return problems
 
 
-def checkpoint_problems(checkpoint_dir: Path, rank: int = 0, world_size: int = 1) -> list[str]:
+def checkpoint_problems(checkpoint_dir: Path, rank: int = 0, world_size: int = 1, checksums: bool = True) -> list[str]:
     """Everything wrong with a checkpoint, one line per file, naming it; [] when it is complete and intact.
 
     A collective when world_size > 1 (every rank checks its share, all get the full list).
+    `checksums=False` checks the manifest, presence and sizes only (no file is read).
     """
     try:
         files = read_manifest(checkpoint_dir)["files"]
-        mine = _check_files(checkpoint_dir, files, rank, world_size)
+        mine = _check_files(checkpoint_dir, files, rank, world_size, checksums)
     except DamagedCheckpointError as error:
         mine = [str(error)]
     problems: list[str] = []

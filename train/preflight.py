@@ -118,9 +118,7 @@ def _check_resume(config: TrainConfig) -> None:
     from .checkpoint import resolve_resume
 
     try:
-        # Only looks: every rank runs this alone, so moving a damaged checkpoint aside here would race
-        # with another rank still reading it. The trainer resolves it again with all ranks together.
-        resolve_resume(config.resume, Path(config.run_dir) / "checkpoints", report=False)
+        resolve_resume(config.resume, Path(config.run_dir) / "checkpoints", look_only=True)
     except FileNotFoundError as error:
         raise ResumeTargetError(str(error)) from None
 

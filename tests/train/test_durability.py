@@ -82,14 +82,18 @@ def test_auto_falls_back_to_the_previous_intact_checkpoint_and_warns(tmp_path, c
     assert not newest.exists() and (tmp_path / f"damaged-{newest.name}" / RANK_FILES[1]).is_file()
 
 
-def test_the_preflight_look_moves_nothing(tmp_path, capsys):
+def test_the_preflight_look_moves_nothing_and_reads_no_file(tmp_path, capsys):
     # Each rank runs the preflight alone: one rank moving the damaged checkpoint aside made another,
     # still reading its manifest, fail with FileNotFoundError.
     older = _write_checkpoint(tmp_path, 5)
     newest = _write_checkpoint(tmp_path, 10)
     (newest / RANK_FILES[1]).write_bytes(b"")
-    assert resolve_resume("auto", tmp_path, report=False) == older
+    assert resolve_resume("auto", tmp_path, look_only=True) == older
     assert newest.is_dir() and capsys.readouterr().out == ""
+    # It reads no file: a corruption that keeps the size is left to the ranks' checksums.
+    (newest / RANK_FILES[1]).write_bytes(bytes([99, 1]) * 5000)
+    assert resolve_resume("auto", tmp_path, look_only=True) == newest
+    assert resolve_resume("auto", tmp_path) == older
 
 
 def test_auto_skips_a_newer_incomplete_save_and_a_missing_latest_target(tmp_path, capsys):
