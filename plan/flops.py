@@ -21,10 +21,10 @@ source + target token, the tokens the trainer's tokens/s counts.
 
 from __future__ import annotations
 
-from .model_shape import ModelShape
+from .model_shape import ModelDims
 
 
-def forward_flops_per_sentence(shape: ModelShape, source_length: int) -> float:
+def forward_flops_per_sentence(shape: ModelDims, source_length: int) -> float:
     """Forward FLOPs of one sentence of `source_length` tokens (target length = source length)."""
     d, a, f, v = shape.d_model, shape.attention_width, shape.d_ff, shape.vocab_size
     s = t = source_length
@@ -49,6 +49,6 @@ def forward_flops_per_sentence(shape: ModelShape, source_length: int) -> float:
     )
 
 
-def training_flops_per_token(shape: ModelShape, source_length: int) -> float:
+def training_flops_per_token(shape: ModelDims, source_length: int) -> float:
     """Model FLOPs per (source + target) token of one training step: 3 x forward."""
     return 3 * forward_flops_per_sentence(shape, source_length) / (2 * source_length)

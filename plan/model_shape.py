@@ -1,8 +1,9 @@
 """The backbone and VAE heads as numbers: parameter counts and the widths FLOPs and activations need.
 
 Read from the backbone's *config* only (`seq2vae.model.build.backbone_config`: the hub's or a local
-directory's config.json, or the debug flavour), never from weights. Parameter counts are exact: the
-whole `Seq2SeqVAE` is built on PyTorch's meta device (no memory, no initialisation), so tied
+directory's config.json, or the debug flavour), never from weights. `model_dims` reads the widths and
+depths (all FLOPs need); `model_shape` adds the parameter counts, which are exact: the whole
+`Seq2SeqVAE` is built on PyTorch's meta device (no memory, no initialisation), so tied
 embeddings, gated FFNs, biases and the configured pooling / injection heads are counted as the real
 model has them.
 """
@@ -10,7 +11,7 @@ model has them.
 from __future__ import annotations
 
 import contextlib
-
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -22,8 +23,8 @@ _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2
 
 
 @dataclass(frozen=True)
-class ModelShape:
-    """What the planner needs to know about one VAE. Lengths are not part of it (see flops.py)."""
+class ModelDims:
+    """The widths and depths FLOPs need, read from the configs alone (nothing is built)."""
 
     family: str  # "t5" or "bart"
     d_model: int  # D
@@ -34,12 +35,19 @@ class ModelShape:
     decoder_layers: int
     vocab_size: int
     gated_ffn: bool  # T5 v1.1 / flan "gated-gelu": three FFN matrices instead of two
-    tied_lm_head: bool
     latent_dim: int
     memory_states: int
     injection: str
     pooling: str
     gradient_checkpointing: bool
+
+
+@dataclass(frozen=True)
+class ModelShape(ModelDims):
+    """What the planner needs to know about one VAE: its dims and exact parameter counts. Lengths are
+    not part of it (see flops.py)."""
+
+    tied_lm_head: bool
     parameters: int  # exact, every parameter once (tied weights once)
     parameter_sizes: tuple[int, ...]  # numel of each parameter (ZeRO-3 partitions each separately)
     largest_module_parameters: int  # most parameters one module owns directly (ZeRO-3 gathers per module)
@@ -95,8 +103,8 @@ def count_on_meta(backbone_config, vae_config: VAEConfig) -> tuple[tuple[int, ..
     return sizes, largest, tied
 
 
-def model_shape(backbone_config, vae_config: VAEConfig) -> ModelShape:
-    """The shape of a T5 (incl. v1.1 / flan / mT5) or BART backbone plus the VAE heads of `vae_config`.
+def model_dims(backbone_config, vae_config: VAEConfig) -> ModelDims:
+    """The dims of a T5 (incl. v1.1 / flan / mT5) or BART backbone plus the VAE heads of `vae_config`.
 
     Raises ValueError naming model.backbone for other architectures.
     """
@@ -127,16 +135,24 @@ def model_shape(backbone_config, vae_config: VAEConfig) -> ModelShape:
         )
     else:
         raise ValueError(f"model.backbone: the planner knows T5 and BART backbones, not model_type {family!r}")
-    sizes, largest, tied = count_on_meta(backbone_config, vae_config)
-    return ModelShape(
+    return ModelDims(
         **shape,
-        tied_lm_head=tied,
         vocab_size=backbone_config.vocab_size,
         latent_dim=vae_config.latent_dim,
         memory_states=vae_config.memory_states if vae_config.injection != "embedding" else 1,
         injection=vae_config.injection,
         pooling=vae_config.pooling,
         gradient_checkpointing=vae_config.gradient_checkpointing,
+    )
+
+
+def model_shape(backbone_config, vae_config: VAEConfig) -> ModelShape:
+    """`model_dims` plus exact parameter counts (the VAE built on the meta device)."""
+    dims = model_dims(backbone_config, vae_config)
+    sizes, largest, tied = count_on_meta(backbone_config, vae_config)
+    return ModelShape(
+        **dataclasses.asdict(dims),
+        tied_lm_head=tied,
         parameters=sum(sizes),
         parameter_sizes=sizes,
         largest_module_parameters=largest,

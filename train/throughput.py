@@ -77,15 +77,15 @@ class ThroughputWindow:
 
 
 def make_throughput_window(config, vae, device: torch.device) -> ThroughputWindow:
-    """The window for a run: FLOPs per token of `vae` at the shards' max length; the peak from
-    `logging.peak_tflops`, else the device table (CUDA), else unknown."""
+    """The window for a run: FLOPs per token of `vae` at the shards' max length (from its dims: no
+    second model is built); the peak from `logging.peak_tflops`, else the device table (CUDA), else unknown."""
     from ..data.shards import load_meta
     from ..plan.devices import peak_tflops
     from ..plan.flops import training_flops_per_token
-    from ..plan.model_shape import model_shape
+    from ..plan.model_shape import model_dims
 
     max_length = int(load_meta(config.data.train)["max_length"])
-    flops = training_flops_per_token(model_shape(vae.backbone.config, config.model), max_length)
+    flops = training_flops_per_token(model_dims(vae.backbone.config, config.model), max_length)
     peak = config.logging.peak_tflops
     if peak is None and device.type == "cuda":
         peak = peak_tflops(torch.cuda.get_device_name(device), config.precision)
