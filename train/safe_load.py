@@ -4,8 +4,7 @@ DeepSpeed's checkpoint engine and its `zero_to_fp32` call `torch.load(..., weigh
 pickle planted in a run directory's checkpoint runs when it is loaded. Export, evaluation and
 `model.init_from`, which read run directories that may come from someone else, never go through
 them: they open every checkpoint file with `load_weights_only` (`consolidate.py` builds the weights
-from the files opened this way), and `check_checkpoint_files` opens every `*.pt` file of a checkpoint
-the same way to vet a whole directory at once.
+from the files opened this way).
 
 `load_weights_only` is `torch.load(weights_only=True, mmap=True)` with an allow-list: a file holding
 anything else than tensors, containers and the allow-listed types below is refused by name. mmap:
@@ -71,12 +70,3 @@ def load_weights_only(path: str | Path) -> Any:
         ) from None
     except RuntimeError as error:  # not a torch zip file at all (e.g. a raw pickle stream)
         raise UnsafeCheckpointError(f"refusing to load {path}: not a torch checkpoint file ({error})") from None
-
-
-def check_checkpoint_files(checkpoint_dir: str | Path) -> None:
-    """Opens every `*.pt` file under `checkpoint_dir` weights-only; raises UnsafeCheckpointError naming the first bad one."""
-    files = sorted(Path(checkpoint_dir).glob("*.pt"))
-    if not files:
-        raise FileNotFoundError(f"{checkpoint_dir} holds no checkpoint files (*.pt)")
-    for path in files:
-        load_weights_only(path)
