@@ -16,12 +16,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "train": (".train.cli", "main", "two-phase VAE finetuning (also: torchrun -m seq2vae.train)"),
     "eval": (".evaluation.cli", "main", "evaluation harness: NLL, KL, IW-NLL, PPL, MI, AU, probes"),
     "slurm": (".slurm.cli", "main", "render or submit SLURM jobs from a training config"),
-    "quickstart": (".train.quickstart", "main", "synthetic corpus -> shards -> train -> eval, on CPU"),
-    "export": (".train.export", "main", "write a save_pretrained directory from a run's checkpoint"),
+    "quickstart": (".commands.quickstart", "main", "synthetic corpus -> shards -> train -> eval, on CPU"),
+    "export": (".checkpoint.export", "main", "write a save_pretrained directory from a run's checkpoint"),
     "generate": (".model.cli", "main", "reconstruct, sample and interpolate with a trained model"),
-    "sweep": (".slurm.local_sweep", "main", "run a sweep table's rows one after another on this machine, then report"),
+    "sweep": (".commands.sweep", "main", "run a sweep table's rows one after another on this machine, then report"),
     "report": (".evaluation.study_report", "main", "markdown + CSV + figures comparing runs or eval results"),
-    "plan": (".plan.cli", "main", "will a config fit a cluster: memory per rank and node, traffic, FLOPs, advice"),
+    "plan": (".commands.plan", "main", "will a config fit a cluster: memory per rank and node, traffic, FLOPs, advice"),
 }
 
 

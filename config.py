@@ -330,3 +330,33 @@ def describe(cls: type, prefix: str = "") -> str:
         default = to_dict(default)
         lines.append(f"{key}: {_describe_type(annotation)} = {default!r}  # {f.metadata.get('help', '')}")
     return "\n".join(lines)
+
+
+def add_flags(parser: Any, cls: type, flag_names: dict[str, str] | None = None) -> None:
+    """One argparse flag per field of the dataclass `cls` (`--field-name`, or `flag_names[field]`), its
+    help from the field's `doc`, its default the field's; `from_flags` builds `cls` back from the parsed
+    arguments, so the dataclass stays the single source of truth for a command's options."""
+    import argparse
+
+    hints = _type_hints(cls)
+    for field in dataclasses.fields(cls):
+        flag = (flag_names or {}).get(field.name, "--" + field.name.replace("_", "-"))
+        annotation = hints[field.name]
+        default = field.default if field.default is not dataclasses.MISSING else None
+        help_ = field.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
+        if default not in (None, [], ()) and annotation is not bool:
+            help_ += " (default: %(default)s)"
+        if annotation is bool:
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=default, help=help_)
+        elif get_origin(annotation) is list:
+            parser.add_argument(flag, dest=field.name, action="append", default=[], help=help_ + " (repeatable)")
+        elif get_origin(annotation) is Literal:
+            parser.add_argument(flag, dest=field.name, choices=get_args(annotation), default=default, help=help_)
+        else:
+            inner = [arg for arg in get_args(annotation) if arg is not type(None)] or [annotation]
+            parser.add_argument(flag, dest=field.name, type=inner[0], default=default, help=help_)
+
+
+def from_flags(cls: type[T], args: Any) -> T:
+    """`cls` from the arguments `add_flags(parser, cls)` added (its own validation runs)."""
+    return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from seq2vae.train.durability import checkpoint_problems, seal_checkpoint
+from seq2vae.checkpoint.durability import checkpoint_problems, seal_checkpoint
 
 
 def write_shards(directory: Path, files: int, state: dict) -> None:

@@ -54,7 +54,7 @@ def make_run(root: Path, layers: int, width: int) -> Path:
     from seq2vae.data.synthetic import generate_corpus
     from seq2vae.data.tokenizer import train_tokenizer
     from seq2vae.train.config import load_train_config
-    from seq2vae.train.distributed import init_world
+    from seq2vae.distributed import init_world
     from seq2vae.train.engine import build_engine
 
     tokenizer = root / "tokenizer"
@@ -107,8 +107,8 @@ def measure(path: str, run_dir: str, output: str) -> None:
     import seq2vae.model  # noqa: F401
     import seq2vae.train.config  # noqa: F401
     import seq2vae.train.consolidate  # noqa: F401
-    import seq2vae.train.export  # noqa: F401
-    from seq2vae.train.mapped_pages import MappedPages
+    import seq2vae.checkpoint.export  # noqa: F401
+    from seq2vae.checkpoint.mapped_pages import MappedPages
 
     consolidation, dtype, release_pages = PATHS[path]
     if not release_pages:
@@ -133,8 +133,8 @@ def export(run_dir: Path, output: Path, consolidation: str, dtype: str) -> tuple
 
     from seq2vae.model import build_vae
     from seq2vae.train.config import load_train_config
-    from seq2vae.train.consolidate import consolidate
-    from seq2vae.train.export import DTYPES, assemble
+    from seq2vae.checkpoint.consolidate import consolidate
+    from seq2vae.checkpoint.export import DTYPES, assemble
 
     config = load_train_config(run_dir / "config.yaml")
     checkpoint = run_dir / "checkpoints" / "step_00000000"

@@ -80,7 +80,7 @@ def owned_bytes(engine) -> int:
 def worker(args: argparse.Namespace) -> None:
     from seq2vae.train.config import DataConfig, TrainConfig
     from seq2vae.model.config import VAEConfig
-    from seq2vae.train.distributed import init_world
+    from seq2vae.distributed import init_world
     from seq2vae.train.engine import build_engine
 
     world = init_world(600)
@@ -108,7 +108,8 @@ def worker(args: argparse.Namespace) -> None:
 def predicted_bytes(backbone: str, tokenizer: str, stage: int, world_size: int) -> tuple[int, int]:
     from seq2vae.model.build import backbone_config
     from seq2vae.model.config import VAEConfig
-    from seq2vae.plan import ZeroSetting, model_shape, model_state_bytes
+    from seq2vae.model.shape import model_shape
+    from seq2vae.plan import ZeroSetting, model_state_bytes
     from seq2vae.train.config import DataConfig, TrainConfig
     from seq2vae.train.ds_config import resolved_ds_config
 
@@ -149,7 +150,7 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    from seq2vae.train.distributed import free_port
+    from seq2vae.distributed import free_port
 
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     rows = []

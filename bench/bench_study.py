@@ -18,8 +18,8 @@ import csv
 import logging
 from pathlib import Path
 
-from seq2vae.slurm import local_sweep
-from seq2vae.train.quickstart import prepare_corpus, prepare_shards, prepare_tokenizer
+from seq2vae.commands import sweep as local_sweep
+from seq2vae.commands.quickstart import prepare_corpus, prepare_shards, prepare_tokenizer
 
 PAPER_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "paper"
 TABLE_COLUMNS = (

@@ -5,7 +5,7 @@ optimizer offloaded, ZeRO-3 with optimizer and parameters offloaded) this trains
 initialised ~100M-parameter T5 VAE for a few dozen steps on synthetic shards with NCCL, one rank per
 GPU (`torchrun --nproc_per_node <GPUs> -m seq2vae.train`), then compares what the run logged
 (perf/mfu, perf/tokens_per_s, memory/peak_allocated_gib and memory/peak_reserved_gib, maxima over
-ranks) with `seq2vae.plan.plan_run` for the same config and layout (per-rank total bytes). Writes
+ranks) with `seq2vae.train.capacity.plan_training_run` for the same config and layout (per-rank total bytes). Writes
 OUT/results.jsonl (one object per preset) and OUT/results.md (a table for bench/RESULTS.md).
 
     bash bench/gpu_smoke.sh [OUT]      # or: python bench/gpu_smoke.py --out OUT [--presets zero1 zero3]
@@ -79,9 +79,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer_dir, shard_dir, model_dir = prepare(out, args.sentences, args.max_length)
 
-    from seq2vae.plan import ClusterLayout, plan_run
+    from seq2vae.plan import ClusterLayout
+    from seq2vae.train.capacity import plan_training_run
     from seq2vae.train.config import load_train_config
-    from seq2vae.train.distributed import free_port
+    from seq2vae.distributed import free_port
 
     layout = ClusterLayout(1, gpus, gpu_memory_gib=gpu_memory_gib, gpu_name=device_name)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
@@ -106,7 +107,7 @@ def main() -> None:
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         (out / f"{preset}.log").write_text(done.stdout + done.stderr)
         row: dict = {"preset": preset, "gpus": gpus, "device": device_name, "returncode": done.returncode}
-        plan = plan_run(load_train_config(config_path, overrides), layout)
+        plan = plan_training_run(load_train_config(config_path, overrides), layout)
         row.update(planned_total_gib=plan.estimate.total_bytes / GIB, planned_model_states_gib=plan.estimate.model_states.device_total / GIB,
                    planned_fits=plan.fits, flops_per_token=plan.flops_per_token, peak_tflops=plan.peak_tflops)
         if done.returncode == 0:

@@ -6,8 +6,7 @@ import argparse
 import logging
 import sys
 
-from .shards import MetaError, write_shards
-from .sources import InputError
+from .shards import write_shards
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,27 +35,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        meta = write_shards(
-            args.inputs,
-            args.output,
-            args.tokenizer,
-            valid_inputs=args.valid,
-            valid_fraction=args.valid_fraction,
-            seed=args.seed,
-            max_length=args.max_length,
-            shard_size=args.shard_size,
-            text_field=args.text_field,
-            input_format=args.format,
-            hf_split=args.split,
-            workers=args.workers,
-            strict=args.strict,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
-    except (InputError, MetaError) as error:
-        print(f"seq2vae shard: error: {error}", file=sys.stderr)
-        return 2  # the user's to fix, like every command's (seq2vae.errors)
+    # InputError / MetaError are the user's to fix: cli.main prints them in one line, exit 2.
+    meta = write_shards(
+        args.inputs,
+        args.output,
+        args.tokenizer,
+        valid_inputs=args.valid,
+        valid_fraction=args.valid_fraction,
+        seed=args.seed,
+        max_length=args.max_length,
+        shard_size=args.shard_size,
+        text_field=args.text_field,
+        input_format=args.format,
+        hf_split=args.split,
+        workers=args.workers,
+        strict=args.strict,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
     counts = meta["counts"]
     splits = meta["splits"]
     print(

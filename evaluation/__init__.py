@@ -2,8 +2,10 @@
 
 The metric functions need no model; `seq2vae.evaluation.harness` feeds a Seq2SeqVAE through them
 (`evaluate` for the full harness, `validate` for training's periodic validation). Nothing here
-imports DeepSpeed.
+imports DeepSpeed. The names below are the package's API: training imports only these.
 """
+
+from .harness import EvalConfig, check_estimator_settings, evaluate, validate
 
 from .metrics import (
     ActiveUnits,
@@ -19,17 +21,22 @@ from .metrics import (
     mutual_information,
     perplexity,
 )
+from .placement import eval_batch
 from .probe import ProbeResult, linear_probe
 from .reconstruction import corpus_bleu, exact_match, token_accuracy
 
 __all__ = [
     "ActiveUnits",
+    "EvalConfig",
     "MutualInformation",
     "ProbeResult",
     "active_units",
+    "check_estimator_settings",
     "corpus_bleu",
     "count_predicted_tokens",
     "count_words",
+    "eval_batch",
+    "evaluate",
     "exact_match",
     "gaussian_kl",
     "gaussian_kl_per_dim",
@@ -40,4 +47,5 @@ __all__ = [
     "mutual_information",
     "perplexity",
     "token_accuracy",
+    "validate",
 ]

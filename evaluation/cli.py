@@ -27,48 +27,41 @@ import torch
 import torch.distributed as dist
 
 from ..data.stream import ShardError
-from ..errors import report
+from ..config import add_flags, from_flags
+from ..errors import UserError
 from ..plan.memory import InferenceBatch
 from .data import EvalDataError, load_samples
-from .distributed import gather_objects
+from ..distributed import gather_objects, process_group
 from .harness import CONVENTIONS, EvalConfig, evaluate
 from .placement import PLACEMENTS, eval_batch, load_zero3, resolve_placement
 from .report import format_comparison, format_table
+from ..checkpoint.saving import latest_checkpoint
+from ..checkpoint.export import export_run
+from ..model.vae import BACKBONE_SUBDIR, saved_tokenizer
+from ..model import Seq2SeqVAE
 
 logger = logging.getLogger("seq2vae.eval")
 EXPORT_POLL_S = 1.0
 _STARTED = time.time()  # when this rank imported the CLI
 
 
+# Flags whose names predate the generated ones (documented, used in scripts).
+_FLAG_NAMES = {"num_prior_samples": "--prior-samples", "num_interpolations": "--interpolations"}
+
+
+class EvalInputError(UserError, ValueError):
+    """A --model or option `seq2vae eval` cannot use; the message names it."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    defaults = EvalConfig()
     parser = argparse.ArgumentParser(
         prog="seq2vae eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", help="save_pretrained directory or training run directory")
     parser.add_argument("--data", help="shard directory, or .txt / .jsonl file (optionally .gz)")
     parser.add_argument("--split", default="valid", help="shard split to evaluate (default: valid)")
-    parser.add_argument("--iw-samples", type=int, default=defaults.iw_samples, help="K importance samples (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="sentences per batch (default: %(default)s)")
-    parser.add_argument(
-        "--decoder-batch-size", type=int, default=defaults.decoder_batch_size,
-        help="sentences x samples per decoder forward; lower it if memory runs out (default: 1024 on GPU, 128 on CPU)",
-    )
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of all random draws (default: %(default)s)")
+    add_flags(parser, EvalConfig, _FLAG_NAMES)  # every EvalConfig field is a flag
     parser.add_argument("--max-sentences", type=int, default=None, help="evaluate only the first N sentences")
-    parser.add_argument(
-        "--max-reconstructions", type=int, default=None, help="greedy reconstructions of the first N sentences only"
-    )
-    parser.add_argument(
-        "--prior-samples", type=int, default=defaults.num_prior_samples, help="sentences decoded from the prior (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--interpolations", type=int, default=defaults.num_interpolations,
-        help="sentence pairs interpolated between their posterior means (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--mi-mini-batch-size", type=int, default=defaults.mi_mini_batch_size, help="M of the mini-batch MI (default: %(default)s)"
-    )
     parser.add_argument("--max-length", type=int, default=512, help="token cap for text / JSONL input (default: %(default)s)")
     parser.add_argument("--text-field", default="text", help="JSONL field holding the sentence (default: %(default)s)")
     parser.add_argument("--output", help="write the results as JSON here")
@@ -83,32 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """User errors (EvalInputError, EvalDataError, ShardError, ConfigError) propagate to `seq2vae.cli`,
+    which prints one line from rank 0 and exits 2: under torchrun every rank meets the same input."""
     args = build_parser().parse_args(argv)
     if args.compare:
         return compare(args.compare)
     if not args.model or not args.data:
-        print("seq2vae eval: --model and --data are required (or --compare a.json b.json ...)", file=sys.stderr)
-        return 2
-    try:
-        config = EvalConfig(
-            iw_samples=args.iw_samples,
-            batch_size=args.batch_size,
-            decoder_batch_size=args.decoder_batch_size,
-            seed=args.seed,
-            max_reconstructions=args.max_reconstructions,
-            mi_mini_batch_size=args.mi_mini_batch_size,
-            num_prior_samples=args.prior_samples,
-            num_interpolations=args.interpolations,
-        )
-    except ValueError as error:
-        report("eval", error)  # once, from rank 0: under torchrun every rank meets the same arguments
-        return 2
+        raise EvalInputError("--model and --data are required (or --compare a.json b.json ...)")
+    config = from_flags(EvalConfig, args)
     try:  # before any collective: rank 0 exports a run directory while the others wait on the filesystem
         model_dir, model_kind = _model_directory(Path(args.model))
     except (FileNotFoundError, ValueError) as error:
-        report("eval", error)  # a wrong --model is the user's to fix: one line from rank 0, exit 2
-        return 2
-    with _process_group(args.device) as device:
+        raise _as_user_error(error) from error
+    with process_group(args.device) as device:
         rank = dist.get_rank() if dist.is_initialized() else 0
         level = logging.INFO if rank == 0 else logging.WARNING
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -127,9 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             with _loaded_model(model_dir, device, args.placement, batch) as (vae, placement):
                 logger.info("evaluating %d sentences from %s with K=%d", len(samples), args.data, config.iw_samples)
                 result = evaluate(vae, samples, config)
-        except (EvalDataError, FileNotFoundError, ValueError, ShardError) as error:
-            report("eval", error)  # every rank meets the same input: one message, from rank 0
-            return 2
+        except (FileNotFoundError, ValueError) as error:
+            raise _as_user_error(error) from error
         if rank != 0:
             return 0
         record = {
@@ -154,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _as_user_error(error: Exception) -> UserError:
+    """The user's input problem as a UserError (kept as it is when it already is one)."""
+    return error if isinstance(error, UserError) else EvalInputError(str(error))
+
+
 def compare(paths: list[str]) -> int:
     results = []
     for path in paths:
@@ -169,27 +153,6 @@ def compare(paths: list[str]) -> int:
 def _describe_skips(info: dict) -> str:
     skipped = ", ".join(f"{count} {reason}" for reason, count in info.get("skipped", {}).items())
     return f"{info.get('lines_read', 0)} lines read" + (f"; skipped: {skipped}" if skipped else "")
-
-
-@contextlib.contextmanager
-def _process_group(device_name: str | None):
-    """Joins the torchrun process group when launched by torchrun (NCCL on GPUs, gloo on CPU); yields the device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = torch.cuda.is_available() if device_name is None else device_name.startswith("cuda")
-    if use_cuda:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    created = False
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        created = True
-    try:
-        yield device
-    finally:
-        if created:
-            dist.destroy_process_group()
 
 
 def _model_directory(path: Path) -> tuple[Path, str]:
@@ -208,8 +171,6 @@ def _model_directory(path: Path) -> tuple[Path, str]:
             f"--model {path}: neither a saved model (no vae_config.json) nor a training run directory "
             "(no config.yaml + checkpoints/)"
         )
-    from ..train.checkpoint import latest_checkpoint
-    from ..train.export import export_run
 
     checkpoint = latest_checkpoint(path / "checkpoints")
     if checkpoint is None:
@@ -241,8 +202,6 @@ def _text_interface(model_dir: Path):
     """(the saved model's tokenizer or None, rows of its token embedding), read without its weights."""
     from transformers import AutoConfig
 
-    from ..model.vae import BACKBONE_SUBDIR, saved_tokenizer
-
     return saved_tokenizer(model_dir), AutoConfig.from_pretrained(model_dir / BACKBONE_SUBDIR).vocab_size
 
 
@@ -250,8 +209,6 @@ def _text_interface(model_dir: Path):
 def _loaded_model(model_dir: Path, device: torch.device, requested: str, batch: InferenceBatch):
     """Yields (Seq2SeqVAE on `device` or partitioned over the ranks, the placement used);
     `batch` is the evaluation's largest decoder call, which --placement auto sizes."""
-    from ..model import Seq2SeqVAE
-
     world_size = dist.get_world_size() if dist.is_initialized() else 1
     try:
         decision = resolve_placement(requested, model_dir, device, world_size, batch)

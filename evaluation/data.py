@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..data.stream import check_tokenizer, check_vocabulary_fits, load_source_meta, read_split
+from ..data.sources import InputStats, detect_format, read_records
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +63,6 @@ def load_samples(
 
 
 def _load_shards(path: Path, split: str, max_sentences: int | None, tokenizer, embedding_size) -> tuple[list[dict], dict]:
-    from ..data.stream import check_tokenizer, check_vocabulary_fits, load_source_meta, read_split
-
     meta = load_source_meta(str(path))
     if tokenizer is None:
         raise EvalDataError(
@@ -87,8 +87,6 @@ def _load_shards(path: Path, split: str, max_sentences: int | None, tokenizer, e
 
 
 def _load_text(path: Path, tokenizer, max_sentences, max_length, text_field) -> tuple[list[dict], dict]:
-    from ..data.sources import InputStats, detect_format, read_records
-
     kind = detect_format(str(path))
     stats = InputStats()
     records = []

@@ -26,17 +26,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import doc
+from ..config import ConfigError, doc
 from ..data.collate import collate
-from .distributed import (
-    all_ranks,
-    any_rank,
-    collective_device,
-    gather_objects,
-    max_over_ranks,
-    plan_rounds,
-    rank_and_world,
-)
+from .rounds import plan_rounds
+from ..distributed import all_ranks, any_rank, collective_device, gather_objects, max_over_ranks, rank_and_world
 from .metrics import (
     active_units,
     count_predicted_tokens,
@@ -64,6 +57,16 @@ DEFAULT_DECODER_BATCH = (128, 1024)
 COLLAPSE_KL = 0.1
 
 
+def check_estimator_settings(section: str, iw_samples: int, mi_mini_batch_size: int) -> None:
+    """The one check of the estimators' knobs, for `seq2vae eval` ("eval") and training's validation
+    ("validation"): K >= 1 importance samples; M >= 2, since a mixture of one posterior makes the
+    mini-batch MI 0 whatever the model."""
+    if iw_samples < 1:
+        raise ConfigError(f"key '{section}.iw_samples': must be >= 1, got {iw_samples}")
+    if mi_mini_batch_size < 2:
+        raise ConfigError(f"key '{section}.mi_mini_batch_size': must be >= 2, got {mi_mini_batch_size}")
+
+
 @dataclass
 class EvalConfig:
     iw_samples: int = doc(500, "K importance samples per sentence for the IW bound (He et al. 2019: 500)")
@@ -86,14 +89,15 @@ class EvalConfig:
     num_saved_latents: int = doc(1000, "posterior means (with metadata) of the first N sentences kept in the result, for plots")
 
     def __post_init__(self) -> None:
-        for name in ("iw_samples", "batch_size", "decoder_batch_size", "mi_mini_batch_size", "interpolation_steps"):
+        check_estimator_settings("eval", self.iw_samples, self.mi_mini_batch_size)
+        for name in ("batch_size", "decoder_batch_size", "interpolation_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("num_examples", "num_prior_samples", "num_interpolations", "max_reconstructions", "num_saved_latents"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ValueError(f"eval.{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"eval.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.probe_test_fraction < 1.0:
-            raise ValueError(f"eval.probe_test_fraction must be in (0, 1), got {self.probe_test_fraction}")
+            raise ConfigError(f"eval.probe_test_fraction must be in (0, 1), got {self.probe_test_fraction}")
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

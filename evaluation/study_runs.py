@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, read_yaml_mapping
+from ..errors import UserError
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """A study input that cannot be read; the message names the path."""
 
 

@@ -12,7 +12,7 @@ from .debug import DEBUG_BACKBONES, debug_backbone_config
 from .vae import Seq2SeqVAE
 
 
-def _tokenizer(config: VAEConfig):
+def load_tokenizer(config: VAEConfig):
     if config.backbone in DEBUG_BACKBONES and config.tokenizer is None:
         raise ConfigError(f"model.tokenizer is required with model.backbone={config.backbone!r}")
     return AutoTokenizer.from_pretrained(config.tokenizer or config.backbone)
@@ -23,7 +23,7 @@ def backbone_config(config: VAEConfig, tokenizer=None) -> PretrainedConfig:
     config, with the run's `model.dropout` applied."""
     if config.backbone in DEBUG_BACKBONES:
         if tokenizer is None:  # not `or`: a tokenizer's truth value is its vocabulary size
-            tokenizer = _tokenizer(config)
+            tokenizer = load_tokenizer(config)
         return with_dropout(debug_backbone_config(config.backbone.removeprefix("debug-"), tokenizer), config.dropout)
     return with_dropout(AutoConfig.from_pretrained(config.backbone), config.dropout)
 
@@ -38,5 +38,5 @@ def build_vae(config: VAEConfig, pretrained_weights: bool = True) -> Seq2SeqVAE:
     if pretrained_weights and config.backbone not in DEBUG_BACKBONES:
         settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
         return Seq2SeqVAE.from_backbone(settings.pop("backbone"), **settings)
-    tokenizer = _tokenizer(config)
+    tokenizer = load_tokenizer(config)
     return Seq2SeqVAE.from_config(backbone_config(config, tokenizer), tokenizer=tokenizer, config=config)

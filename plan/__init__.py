@@ -1,8 +1,9 @@
-"""Capacity planning: parameters, per-rank memory, traffic and FLOPs of a training config on a layout,
-and the per-rank memory of evaluating its model (replica or ZeRO-3)."""
+"""Capacity planning from plain inputs: parameters, per-rank memory, traffic and FLOPs of a training run
+on a layout, and the per-rank memory of evaluating its model (replica or ZeRO-3).
 
-from .devices import DEVICE_PEAKS, lookup_device, peak_tflops
-from .flops import forward_flops_per_sentence, training_flops_per_token
+Inputs are a model's shape (`seq2vae.model.shape`) and values (`RunSettings`); reading them from a
+training config is `seq2vae.train.capacity`'s job, so nothing here imports train or evaluation."""
+
 from .memory import (
     InferenceBatch,
     InferenceBytes,
@@ -12,25 +13,23 @@ from .memory import (
     inference_bytes,
     model_state_bytes,
 )
-from .model_shape import ModelShape, model_shape
-from .planner import ClusterLayout, Plan, plan_run
+from .placement import PlacementError, PlacementEstimate, choose_placement, estimate_placement
+from .planner import ClusterLayout, Plan, RunSettings, plan_run
 
 __all__ = [
     "ClusterLayout",
-    "DEVICE_PEAKS",
     "InferenceBatch",
     "InferenceBytes",
-    "ModelShape",
     "ModelStateBytes",
     "Plan",
+    "PlacementError",
+    "PlacementEstimate",
+    "RunSettings",
     "ZeroSetting",
     "activation_bytes",
-    "forward_flops_per_sentence",
+    "choose_placement",
+    "estimate_placement",
     "inference_bytes",
-    "lookup_device",
-    "model_shape",
     "model_state_bytes",
-    "peak_tflops",
     "plan_run",
-    "training_flops_per_token",
 ]

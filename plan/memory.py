@@ -36,7 +36,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .model_shape import ModelShape
+from ..model.shape import ModelShape
 
 GIB = 2**30
 # Of each device's memory, what tensors cannot use: the CUDA context, NCCL and cuBLAS workspaces (a

@@ -1,6 +1,7 @@
-"""`plan_run(config, layout) -> Plan`: will this training config fit this cluster, and what to change.
+"""`plan_run(shape, run, layout) -> Plan`: will this training run fit this cluster, and what to change.
 
-Everything comes from the training config and the backbone's config (no weights, no GPU): parameter
+Plain inputs only: the model's shape (`seq2vae.model.shape`) and the run's settings as values
+(`RunSettings`; `seq2vae.train.capacity` reads them from a training config). No weights, no GPU: parameter
 count, per-rank model states and activations for the configured ZeRO stage and offload, host memory
 per node (loading included), traffic per optimizer step and model FLOPs per token. When the run does
 not fit, or fits with room to spare, `recommendation` gives the setting to use instead: the cheapest
@@ -12,12 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..train.config import TrainConfig, gradient_accumulation_steps
+from ..hardware import peak_tflops as table_peak_tflops
+from ..model.flops import training_flops_per_token
+from ..model.shape import ModelShape
 from .communication import Traffic, step_traffic
-from .devices import peak_tflops as table_peak_tflops
-from .flops import training_flops_per_token
 from .memory import (
     DEVICE_RESERVED_BYTES,
     FRAGMENTATION_SHARE,
@@ -30,13 +31,8 @@ from .memory import (
     model_state_bytes,
     usable_device_bytes,
 )
-from .model_shape import ModelShape, model_shape
+from .placement import PlacementEstimate, estimate_placement
 
-if TYPE_CHECKING:
-    from ..evaluation.placement import PlacementEstimate
-
-# Source length assumed when the shard directory's meta.json cannot be read.
-DEFAULT_SOURCE_LENGTH = 256
 # Bytes per parameter of the weights `seq2vae eval` may get: a run directory's export (fp32, what
 # `seq2vae eval --model RUN_DIR` evaluates) or `seq2vae export --dtype bf16`.
 EVAL_DTYPE_BYTES = {"fp32": 4, "bf16": 2}
@@ -116,20 +112,28 @@ class EvalPlacements:
         }
 
 
-def eval_placements(shape: ModelShape, layout: ClusterLayout, length: int) -> EvalPlacements:
-    """Where `seq2vae eval` (default settings, on the layout's GPUs) would put a model of `shape`
-    evaluated on sentences of up to `length` tokens."""
-    import torch
-
-    # Not at the top: seq2vae.evaluation.placement imports this package's memory module.
-    from ..evaluation.harness import EvalConfig
-    from ..evaluation.placement import estimate_placement, eval_batch
-
-    defaults = EvalConfig()
-    batch = eval_batch(defaults.iw_samples, defaults.batch_size, defaults.decoder_batch_size, torch.device("cuda"), length)
+def eval_placements(shape: ModelShape, layout: ClusterLayout, batch: InferenceBatch) -> EvalPlacements:
+    """Where `seq2vae eval` (on the layout's GPUs) would put a model of `shape` whose largest
+    decoder call is `batch`."""
     memory = layout.gpu_memory_gib * GIB
     by_dtype = {name: estimate_placement(shape, size, batch, memory, layout.world_size) for name, size in EVAL_DTYPE_BYTES.items()}
     return EvalPlacements(batch, by_dtype)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the planner needs of a training run on one layout, as plain values."""
+
+    backbone: str  # as configured (shown in the plan)
+    precision: str  # "bf16" | "fp32"
+    micro_batch_size: int
+    global_batch_size: int | None  # None: micro x world, no accumulation
+    accumulation: int  # gradient accumulation steps on this layout's world size
+    gradient_checkpointing: bool
+    zero: ZeroSetting  # the run's resolved DeepSpeed config, read by ZeroSetting.from_ds_config
+    source_length: int
+    source_length_from: str  # where `source_length` came from (shown in the plan)
+    eval_batch: InferenceBatch  # the largest decoder call `seq2vae eval` makes with its defaults
 
 
 @dataclass
@@ -267,10 +271,10 @@ def _ladder(configured: ZeroSetting, layout: ClusterLayout) -> list[ZeroSetting]
     return ladder
 
 
-def _micro_batch_choices(config: TrainConfig, world_size: int) -> list[int]:
+def _micro_batch_choices(run: RunSettings, world_size: int) -> list[int]:
     """Micro batches that keep the global batch, largest first. Without a global batch only smaller
     micro batches than configured are offered, since the global batch would change with it."""
-    micro, global_batch = config.data.micro_batch_size, config.data.global_batch_size
+    micro, global_batch = run.micro_batch_size, run.global_batch_size
     if global_batch is None:
         return [m for m in range(micro, 0, -1) if micro % m == 0]
     per_rank = global_batch // world_size if global_batch % world_size == 0 else 0
@@ -287,46 +291,14 @@ def _best(shape, settings, checkpointing_choices, micro_choices, source_length, 
     return None
 
 
-def _source_length(config: TrainConfig, source_length: int | None) -> tuple[int, str]:
-    if source_length is not None:
-        return source_length, "given"
-    from ..data.shards import load_meta
-
-    try:
-        return int(load_meta(config.data.train)["max_length"]), f"{config.data.train}/meta.json max_length"
-    except (OSError, ValueError, KeyError, TypeError):
-        return DEFAULT_SOURCE_LENGTH, f"default {DEFAULT_SOURCE_LENGTH} (no readable meta.json in data.train)"
-
-
-def resolved_zero_setting(config: TrainConfig, world_size: int, d_model: int, ranks_per_node: int) -> ZeroSetting:
-    from ..train.ds_config import resolved_ds_config
-
-    # The planner plans GPU runs.
-    ds_config = resolved_ds_config(config, world_size, d_model, "cuda", ranks_per_node)
-    return ZeroSetting.from_ds_config(ds_config)
-
-
-def plan_run(config: TrainConfig, layout: ClusterLayout, source_length: int | None = None, backbone_config=None) -> Plan:
-    """Plans `config` on `layout`. `source_length` defaults to the shards' max_length.
-
-    `backbone_config` (a transformers config) skips reading it from `config.model.backbone`.
-    Raises ConfigError / ValueError naming the key for configs that cannot run at all (a global batch
-    that does not divide, an unknown DeepSpeed preset, a backbone family the planner does not know).
-    """
-    if backbone_config is None:
-        from ..model.build import backbone_config as read_backbone_config
-
-        backbone_config = read_backbone_config(config.model)
-    shape = model_shape(backbone_config, config.model)
+def plan_run(shape: ModelShape, run: RunSettings, layout: ClusterLayout) -> Plan:
+    """Plans a run of a model of `shape` with `run`'s settings on `layout`."""
     world = layout.world_size
-    length, length_from = _source_length(config, source_length)
-    accumulation = gradient_accumulation_steps(config.data, world)
-    configured_zero = resolved_zero_setting(config, world, shape.d_model, layout.gpus_per_node)
-    precision = config.precision
-    current = estimate(shape, configured_zero, config.data.micro_batch_size, config.model.gradient_checkpointing, length, precision, layout)
+    length, configured_zero, precision = run.source_length, run.zero, run.precision
+    current = estimate(shape, configured_zero, run.micro_batch_size, run.gradient_checkpointing, length, precision, layout)
 
-    checkpointing_choices = [config.model.gradient_checkpointing] + ([True] if not config.model.gradient_checkpointing else [])
-    micro_choices = _micro_batch_choices(config, world)
+    checkpointing_choices = [run.gradient_checkpointing] + ([True] if not run.gradient_checkpointing else [])
+    micro_choices = _micro_batch_choices(run, world)
     ladder = _ladder(configured_zero, layout)
     # Keep the configured stage when it fits (only dropping offload it does not need and adding hpZ);
     # otherwise climb the ladder to the first setting that fits.
@@ -339,24 +311,24 @@ def plan_run(config: TrainConfig, layout: ClusterLayout, source_length: int | No
         recommendation = estimate(shape, ladder[-1], micro_choices[-1], True, length, precision, layout)
 
     def traffic(zero: ZeroSetting, micro: int) -> Traffic:
-        steps = config.data.global_batch_size // (micro * world) if config.data.global_batch_size else 1
+        steps = run.global_batch_size // (micro * world) if run.global_batch_size else 1
         return step_traffic(shape.parameters, zero, world, layout.nodes, steps, precision)
 
     plan = Plan(
-        backbone=config.model.backbone,
+        backbone=run.backbone,
         precision=precision,
         layout=layout,
         shape=shape,
         source_length=length,
-        source_length_from=length_from,
-        accumulation=accumulation,
-        global_batch_size=config.data.micro_batch_size * accumulation * world,
+        source_length_from=run.source_length_from,
+        accumulation=run.accumulation,
+        global_batch_size=run.micro_batch_size * run.accumulation * world,
         estimate=current,
-        traffic=traffic(configured_zero, config.data.micro_batch_size),
+        traffic=traffic(configured_zero, run.micro_batch_size),
         flops_per_token=training_flops_per_token(shape, length),
         recommendation=recommendation,
         recommended_traffic=traffic(recommendation.zero, recommendation.micro_batch_size),
-        evaluation=eval_placements(shape, layout, length),
+        evaluation=eval_placements(shape, layout, run.eval_batch),
     )
     plan.problems = _problems(plan)
     plan.notes = _notes(plan, ladder, checkpointing_choices, micro_choices)
@@ -365,7 +337,7 @@ def plan_run(config: TrainConfig, layout: ClusterLayout, source_length: int | No
         f"{DEVICE_RESERVED_BYTES / GIB:g} GiB (CUDA context, NCCL/cuBLAS workspaces, fragmentation)",
         f"host overhead {HOST_OVERHEAD_PER_RANK_BYTES / GIB:g} GiB per rank (libraries, CUDA host side, data workers)",
         f"checkpoint stored in {shape.checkpoint_dtype_bytes} bytes per parameter; loading counted whole (upper bound)",
-        f"source length {length} ({length_from}); target length = source length",
+        f"source length {length} ({run.source_length_from}); target length = source length",
     ]
     return plan
 

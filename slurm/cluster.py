@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..config import ConfigError
+from ..errors import UserError
 
 
 def check_partition_has_gpus(partition: str | None) -> None:
@@ -45,12 +46,16 @@ def check_partition_has_gpus(partition: str | None) -> None:
             )
 
 
+class SubmitError(UserError, RuntimeError):
+    """sbatch is missing or refused the job (a partition, account or limit to fix); sbatch's words follow."""
+
+
 def submit(script_path: Path) -> str:
-    """Runs `sbatch --parsable SCRIPT` and returns the job id; raises RuntimeError with sbatch's message."""
+    """Runs `sbatch --parsable SCRIPT` and returns the job id; raises SubmitError with sbatch's message."""
     if shutil.which("sbatch") is None:
-        raise RuntimeError("sbatch was not found on PATH: submit from a SLURM login node, or render and copy the script")
+        raise SubmitError("sbatch was not found on PATH: submit from a SLURM login node, or render and copy the script")
     result = subprocess.run(["sbatch", "--parsable", str(script_path)], capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
-        raise RuntimeError(f"sbatch {script_path} failed (exit {result.returncode}): {result.stderr.strip()}")
+        raise SubmitError(f"sbatch {script_path} failed (exit {result.returncode}): {result.stderr.strip()}")
     # --parsable prints "jobid" or "jobid;cluster".
     return result.stdout.strip().split(";")[0]

@@ -72,7 +72,7 @@ def render_job(
     if kind == "train":
         read_run_facts(config_path, overrides, module, layout.world_size)
         if module == TRAINER_MODULE and layout.gpus_per_node > 0:
-            from ..plan.job_check import refuse_if_it_cannot_fit
+            from .job_check import refuse_if_it_cannot_fit
 
             refuse_if_it_cannot_fit(config_path, overrides, layout.nodes, layout.gpus_per_node, options.mem)
     elif kind == "sweep":

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, parse_override, read_yaml_mapping
+from ..train.config import load_train_config
+from ..train.config import DataConfig, gradient_accumulation_steps
 
 TRAINER_MODULE = "seq2vae.train"
 
@@ -42,8 +44,6 @@ def read_run_facts(config_path: Path, overrides: list[str], module: str, world_s
     Raises ConfigError naming the key (and the file) on a bad config or a batch that does not divide.
     """
     if module == TRAINER_MODULE:
-        from ..train.config import load_train_config
-
         config = load_train_config(config_path, overrides)
         data = config.data
         facts = RunFacts(config.run_dir, data.micro_batch_size, data.global_batch_size, data.train, data.valid)
@@ -65,8 +65,6 @@ def read_run_facts(config_path: Path, overrides: list[str], module: str, world_s
 def check_global_batch(facts: RunFacts, world_size: int, source: str) -> None:
     """global = micro x accumulation x world size with an integral accumulation (the trainer's own
     rule, `gradient_accumulation_steps`), else ConfigError naming the file and the key."""
-    from ..train.config import DataConfig, gradient_accumulation_steps
-
     if facts.global_batch_size is None or facts.micro_batch_size is None:
         return
     data = DataConfig(micro_batch_size=facts.micro_batch_size, global_batch_size=facts.global_batch_size)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from ..config import ConfigError
 from ..model.debug import DEBUG_BACKBONES
 from .run_config import TRAINER_MODULE, _plain_config, check_config_file
+from ..train.config import load_train_config
 
 Role = Literal["backbone", "tokenizer"]
 
@@ -115,8 +116,6 @@ def _missing(snapshot: Path, role: Role) -> str | None:
 
 def _model_section(config_path: Path, overrides: list[str], module: str) -> dict[str, Any]:
     if module == TRAINER_MODULE:
-        from ..train.config import load_train_config
-
         model = load_train_config(config_path, overrides).model
         return {"backbone": model.backbone, "tokenizer": model.tokenizer}
     section = _plain_config(config_path, overrides).get("model")

@@ -50,3 +50,16 @@ def test_user_errors_are_printed_by_rank_0_only():
     assert rank0.returncode == rank1.returncode == 2
     assert rank0.stderr.startswith("seq2vae train: error: command line: unknown key 'optim.lrr'") and rank0.stderr.count("\n") == 1
     assert rank1.stderr == ""
+
+
+def test_only_the_one_handler_prints_error_lines():
+    """Every command reports a user error by raising a UserError that `seq2vae.cli` delivers (one line
+    from rank 0, exit 2): no command prints its own "error:" line."""
+    repo = Path(__file__).resolve().parents[1]
+    printers = [
+        f"{path.relative_to(repo)}:{number}"
+        for path in repo.rglob("*.py") if path.parts[len(repo.parts)] not in ("tests", "bench")
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if "print(" in line and "error:" in line
+    ]
+    assert printers and all(place.startswith("errors.py:") for place in printers), printers

@@ -12,6 +12,12 @@ import os
 import sys
 
 from ..errors import UserError, deliver_user_errors, is_reporting_rank
+from .config import PhaseConfig, TrainConfig, load_train_config
+from ..config import describe
+from ..distributed import shutdown_world
+from .run_lock import exit_with_launcher
+from .signals import REQUEUE_EXIT_CODE
+from .trainer import run
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -35,20 +41,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(argv: list[str]) -> int:
     args = parse_args(argv)
-    from .config import PhaseConfig, TrainConfig, load_train_config
 
     if args.help_config:
-        from ..config import describe
-
         print(describe(TrainConfig))
         print(describe(PhaseConfig, "phases.N."))
         return 0
     overrides = list(args.overrides) + ([f"resume={args.resume}"] if args.resume else [])
     config = load_train_config(args.config, overrides)
-    from .distributed import shutdown_world
-    from .run_lock import exit_with_launcher
-    from .signals import REQUEUE_EXIT_CODE
-    from .trainer import run
 
     exit_with_launcher()  # a rank whose torchrun was SIGKILLed stops instead of training on
     try:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..config import ConfigError, doc, load_config
+from ..evaluation import check_estimator_settings
 from ..model.config import VAEConfig
 
 # The names `Seq2SeqVAE.parameter_groups()` returns; a phase freezes any subset of them.
@@ -109,7 +110,7 @@ class LoggingConfig:
     histogram_every: int = doc(100, "write the histogram of mu every N steps (0 = never)")
     progress_bar: bool = doc(True, "tqdm progress bar on rank 0")
     peak_tflops: float | None = doc(
-        None, "peak dense TFLOP/s of one device for perf/mfu; null = look the GPU up in seq2vae.plan.devices (none on CPU)"
+        None, "peak dense TFLOP/s of one device for perf/mfu; null = look the GPU up in seq2vae.hardware (none on CPU)"
     )
 
 
@@ -222,8 +223,7 @@ def validate_train_config(config: TrainConfig) -> TrainConfig:
     _require(config.logging.histogram_every >= 0, "logging.histogram_every", "must be >= 0")
     _require(config.validation.every_steps >= 0, "validation.every_steps", "must be >= 0")
     _require(config.validation.max_batches > 0, "validation.max_batches", "must be > 0")
-    _require(config.validation.iw_samples >= 1, "validation.iw_samples", "must be >= 1")
-    _require(config.validation.mi_mini_batch_size >= 2, "validation.mi_mini_batch_size", "must be >= 2")
+    check_estimator_settings("validation", config.validation.iw_samples, config.validation.mi_mini_batch_size)
     _require(config.validation.num_reconstructions >= 0, "validation.num_reconstructions", "must be >= 0")
     _require(bool(config.resume), "resume", "use auto, never or a checkpoint path")
     if config.stop_at_step is not None:

@@ -1,13 +1,12 @@
 """The DeepSpeed engine around a Seq2SeqVAE: config resolution, ZeRO-3 construction, param groups.
 
-`seq2vae.model` never imports DeepSpeed; this is the one place that wraps it. Under ZeRO-3 the VAE is
-built inside `deepspeed.zero.Init` with a live `HfDeepSpeedConfig`, so every parameter is partitioned
-the moment it is created (or loaded) and an 11B backbone never materialises whole on one rank.
+`seq2vae.model` never imports DeepSpeed; this is the one place training wraps it. Under ZeRO-3 the VAE
+is built in `distributed.model_construction` (the same construction evaluation's ZeRO-3 engine uses),
+so every parameter is partitioned the moment it is created (or loaded).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -19,11 +18,11 @@ import torch
 from ..model import Seq2SeqVAE, VAEConfig, build_vae
 from ..model.build import backbone_config
 from .config import TrainConfig
-from .distributed import World
+from ..distributed import World, model_construction, zero_stage
 from .ds_config import resolved_ds_config
 from .freezing import optimizer_param_groups, skip_frozen_groups
-from .init_from import load_init_weights, resolve_init_from
-from .initial_weights import has_random_backbone, initialise, reference_backbone_weights
+from ..checkpoint.init_from import load_init_weights, resolve_init_from
+from ..checkpoint.initial_weights import has_random_backbone, initialise, reference_backbone_weights
 
 
 @dataclass
@@ -57,25 +56,19 @@ def build_engine(config: TrainConfig, world: World, ds_config_path: Path | None 
     ds_config = resolved_ds_config(config, world.size, backbone_width(config.model), world.device.type, ranks_per_node)
     if ds_config_path is not None and world.is_main:
         ds_config_path.write_text(json.dumps(ds_config, indent=2) + "\n")
-    zero_stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+    stage = zero_stage(ds_config)
     torch.manual_seed(config.seed)
     # Built before any ZeRO-3 context: the partition-independent source of a random backbone's weights.
     random_start = init_source is None and has_random_backbone(config.model)
     reference = reference_backbone_weights(config.model, config.seed) if random_start else None
-    hf_ds_config = None
-    construction = contextlib.nullcontext()
-    if zero_stage == 3:
-        from transformers.integrations import HfDeepSpeedConfig
-
-        hf_ds_config = HfDeepSpeedConfig(ds_config)
-        construction = deepspeed.zero.Init(config_dict_or_path=ds_config)
+    construction, hf_ds_config = model_construction(ds_config)
     with construction:
         vae = build_vae(config.model, pretrained_weights=init_source is None)
     if init_source is None:
         # The same initial weights on every ZeRO stage and world size (see initial_weights.py).
-        initialise(vae, config.seed, zero_stage == 3, reference)
+        initialise(vae, config.seed, stage == 3, reference)
     else:
-        load_init_weights(vae, init_source, zero_stage == 3)
+        load_init_weights(vae, init_source, stage == 3)
     del reference
     groups = vae.parameter_groups()
     engine, _, _, _ = deepspeed.initialize(
@@ -83,7 +76,7 @@ def build_engine(config: TrainConfig, world: World, ds_config_path: Path | None 
     )
     optimizer = engine.basic_optimizer
     skip_frozen_groups(optimizer)
-    return Engine(engine, vae, groups, optimizer, ds_config, zero_stage, hf_ds_config)
+    return Engine(engine, vae, groups, optimizer, ds_config, stage, hf_ds_config)
 
 
 def set_learning_rate(optimizer, lr: float) -> None:

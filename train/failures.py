@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import PeerUserError, UserError
-from ..evaluation.distributed import any_rank, gather_objects
+from ..distributed import any_rank, gather_objects
 
 
 def agree_on_user_error(error: UserError | None, device: torch.device) -> None:

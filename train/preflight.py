@@ -15,6 +15,12 @@ from typing import Any
 from ..errors import UserError
 from ..model.debug import DEBUG_BACKBONES
 from .config import TrainConfig, gradient_accumulation_steps
+from ..data.stream import check_tokenizer, check_vocabulary_fits, load_source_meta, open_source
+from .ds_config import resolved_ds_config
+from ..model.build import load_tokenizer
+from ..model.build import backbone_config
+from ..data.stream import ShardError
+from ..checkpoint.saving import resolve_resume
 
 # A directory holds a backbone's weights when it has one of these (sharded checkpoints: their index).
 WEIGHT_FILES = (
@@ -43,9 +49,6 @@ def check_before_run(config: TrainConfig, world_size: int) -> dict[str, Any]:
     the shards' vocabulary against the backbone's embedding size, the backbone's weight files, and the
     resume target.
     """
-    from ..data.stream import check_tokenizer, check_vocabulary_fits, load_source_meta, open_source
-    from .ds_config import resolved_ds_config
-
     gradient_accumulation_steps(config.data, world_size)
     for key, value in (("data.train", config.data.train), ("data.valid", config.data.valid)):
         if value and _looks_local(value) and not Path(value).exists():
@@ -81,8 +84,6 @@ def _check_backbone_files(backbone: str) -> None:
 
 
 def _load_tokenizer(config: TrainConfig):
-    from ..model.build import _tokenizer
-
     name = config.model.tokenizer or config.model.backbone
     key = "model.tokenizer" if config.model.tokenizer else "model.backbone"
     if _looks_local(name) and not Path(name).exists():
@@ -90,14 +91,12 @@ def _load_tokenizer(config: TrainConfig):
     if Path(name).is_dir() and not any(Path(name).glob("tokenizer*")):
         raise ModelFilesError(f"key '{key}': {name} holds no tokenizer files (tokenizer.json / tokenizer_config.json)")
     try:
-        return _tokenizer(config.model)
+        return load_tokenizer(config.model)
     except OSError as error:
         raise ModelFilesError(f"key '{key}': cannot load a tokenizer from {name!r}: {_first_line(error)}") from None
 
 
 def _backbone_architecture(config: TrainConfig, tokenizer):
-    from ..model.build import backbone_config
-
     try:
         return backbone_config(config.model, tokenizer)
     except OSError as error:
@@ -107,16 +106,12 @@ def _backbone_architecture(config: TrainConfig, tokenizer):
 
 
 def _check_shard_files(shards) -> None:
-    from ..data.stream import ShardError
-
     for shard in shards:
         if "://" not in shard.url and not shard.url.startswith("pipe:") and not Path(shard.url).is_file():
             raise ShardError(f"shard {shard.url} is listed in meta.json but missing")
 
 
 def _check_resume(config: TrainConfig) -> None:
-    from .checkpoint import resolve_resume
-
     try:
         resolve_resume(config.resume, Path(config.run_dir) / "checkpoints", look_only=True)
     except FileNotFoundError as error:

@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 
 from ..errors import UserError
+from .failures import agree_on_user_error
 
 LOCK_FILENAME = ".lock"
 PARENT_POLL_S = 0.5
@@ -138,8 +139,6 @@ def hold_run_directory(run_dir: Path, world) -> RunDirectoryLock | None:
 
     Returns the lock on rank 0 (release it when the run ends), None on other ranks.
     """
-    from .failures import agree_on_user_error
-
     lock, error = None, None
     if world.is_main:
         try:

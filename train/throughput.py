@@ -3,7 +3,7 @@
 Between two logging steps each rank adds up the source and target tokens it processed and the time
 its optimizer steps took; at the logging step one all-reduce sums the tokens and takes the slowest
 rank's time, so tokens/s is the job's, not rank 0's. MFU = model FLOPs per token (the planner's
-count at the shards' max length, `seq2vae.plan.flops`) x tokens/s / (ranks x peak FLOP/s of one
+count at the shards' max length, `seq2vae.model.flops`) x tokens/s / (ranks x peak FLOP/s of one
 device). Memory is the maximum over ranks of what the accelerator's caching allocator holds
 (allocated and reserved, now and the window's peak); peaks are reset after each logging window, so
 a spike shows at the step it happened. On CPU DeepSpeed's accelerator reports the process RSS.
@@ -14,6 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from ..data.shards import load_meta
+from ..hardware import peak_tflops
+from ..model.flops import training_flops_per_token
+from ..model.shape import model_dims
 
 GIB = 2**30
 
@@ -79,11 +83,6 @@ class ThroughputWindow:
 def make_throughput_window(config, vae, device: torch.device) -> ThroughputWindow:
     """The window for a run: FLOPs per token of `vae` at the shards' max length (from its dims: no
     second model is built); the peak from `logging.peak_tflops`, else the device table (CUDA), else unknown."""
-    from ..data.shards import load_meta
-    from ..plan.devices import peak_tflops
-    from ..plan.flops import training_flops_per_token
-    from ..plan.model_shape import model_dims
-
     max_length = int(load_meta(config.data.train)["max_length"])
     flops = training_flops_per_token(model_dims(vae.backbone.config, config.model), max_length)
     peak = config.logging.peak_tflops

@@ -26,11 +26,10 @@ from ..config import save_config
 from ..data.collate import collate
 from ..data.noising import apply_noise, mask_token_id_for, protected_token_ids
 from ..data.stream import ShardError, build_loader, read_split
-from ..evaluation.distributed import any_rank
-from ..evaluation.harness import validate
-from ..evaluation.metrics import active_units
+from ..distributed import any_rank
+from ..evaluation import active_units, validate
 from ..model.objective import vae_loss
-from .checkpoint import (
+from ..checkpoint.saving import (
     capture_rng,
     checkpoint_tag,
     load_checkpoint,
@@ -39,7 +38,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import PhaseConfig, TrainConfig, gradient_accumulation_steps, validate_train_config
-from .distributed import World, barrier, init_world, set_collective_timeout
+from ..distributed import World, barrier, init_world, set_collective_timeout
 from .engine import build_engine, set_learning_rate
 from .freezing import set_frozen
 from .monitor import make_monitor

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from seq2vae.cli import main as seq2vae_main
 from seq2vae.evaluation.cli import main
-from seq2vae.train.distributed import free_port
+from seq2vae.distributed import free_port
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 EVAL_ARGS = ["--iw-samples", "6", "--batch-size", "8", "--seed", "3", "--device", "cpu", "--max-reconstructions", "8"]
@@ -93,7 +94,7 @@ def test_empty_input_and_wrong_model_fail_with_clear_messages(tiny_t5_dir, tmp_p
     assert main(["--model", str(tiny_t5_dir), "--data", str(empty), *EVAL_ARGS]) == 1
     message = capsys.readouterr().err
     assert "no sentences to evaluate" in message and "2 lines read" in message and "2 empty" in message
-    assert main(["--model", str(tmp_path), "--data", str(empty), *EVAL_ARGS]) == 2
+    assert seq2vae_main(["eval", "--model", str(tmp_path), "--data", str(empty), *EVAL_ARGS]) == 2
     assert "neither a saved model" in capsys.readouterr().err
-    assert main(["--model", str(tiny_t5_dir), "--data", str(tmp_path / "missing.txt"), *EVAL_ARGS]) == 2
+    assert seq2vae_main(["eval", "--model", str(tiny_t5_dir), "--data", str(tmp_path / "missing.txt"), *EVAL_ARGS]) == 2
     assert "does not exist" in capsys.readouterr().err

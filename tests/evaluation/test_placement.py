@@ -24,10 +24,10 @@ from seq2vae.evaluation.placement import (
     stored_dtype,
 )
 from seq2vae.model import VAEConfig
-from seq2vae.plan.cli import main as plan_main
+from seq2vae.commands.plan import main as plan_main
 from seq2vae.plan.memory import InferenceBatch
-from seq2vae.plan.model_shape import model_shape
-from seq2vae.train.distributed import free_port
+from seq2vae.model.shape import model_shape
+from seq2vae.distributed import free_port
 
 EVAL_ARGS = ["--iw-samples", "6", "--batch-size", "8", "--seed", "3", "--device", "cpu", "--max-reconstructions", "8"]
 GIB = 2**30

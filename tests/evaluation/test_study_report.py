@@ -1,6 +1,6 @@
 """`seq2vae report` on real `seq2vae eval` results of three tiny models, and its one-line errors.
 
-(The report over real training run directories, with curves, is checked by tests/slurm/test_local_sweep.py.)
+(The report over real training run directories, with curves, is checked by tests/commands/test_sweep.py.)
 """
 
 from __future__ import annotations
@@ -86,5 +86,5 @@ def test_report_cli_errors_name_the_path_in_one_line(three_results, tmp_path, ca
     for bad, message in ((missing, "no such file or directory"), (empty, "no metrics"), (broken, "not valid JSON")):
         status = seq2vae_main(["report", str(three_results[0]), str(bad), "--output", str(tmp_path / "out")])
         error = capsys.readouterr().err.strip()
-        assert status == 1
+        assert status == 2
         assert len(error.splitlines()) == 1 and str(bad) in error and message in error

@@ -11,11 +11,10 @@ from seq2vae.plan import (
     ZeroSetting,
     activation_bytes,
     inference_bytes,
-    model_shape,
     model_state_bytes,
-    training_flops_per_token,
 )
-from seq2vae.plan.flops import forward_flops_per_sentence
+from seq2vae.model.flops import forward_flops_per_sentence, training_flops_per_token
+from seq2vae.model.shape import model_shape
 from seq2vae.plan.memory import inference_activation_bytes
 
 P = 2376  # the tiny T5 VAE, counted in test_model_shape.py; every parameter has an even size

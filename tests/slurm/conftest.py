@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from seq2vae.train.distributed import free_port
+from seq2vae.distributed import free_port
 
 TESTS_DIR = Path(__file__).resolve().parent
 DAEMONS = ("munged", "slurmctld", "slurmd")

@@ -11,6 +11,7 @@ import yaml
 
 from seq2vae.config import ConfigError
 from seq2vae.slurm import JobOptions, read_sweep_table, render_job
+from seq2vae.cli import main as seq2vae_main
 from seq2vae.slurm.cli import main as slurm_main
 
 STAND_IN = "stand_in_trainer"  # any module other than seq2vae.train: the YAML is read as plain data
@@ -171,7 +172,7 @@ def test_cli_render_prints_the_script_and_reports_errors(tmp_path, capsys):
     assert code == 0 and out.startswith("#!/bin/bash\n#SBATCH --job-name=seq2vae-train-demo\n")
     assert "OVERRIDES=(optim.lr=1e-4)" in out and "#SBATCH --exclusive" in out
     assert logs.is_dir()  # sbatch would not create it
-    code = slurm_main(["render", "--config", str(config), "--device", "cpu", "--gpus-per-node", "1", "--module", STAND_IN])
+    code = seq2vae_main(["slurm", "render", "--config", str(config), "--device", "cpu", "--gpus-per-node", "1", "--module", STAND_IN])
     captured = capsys.readouterr()
     assert code == 2 and captured.out == ""
     assert "error: --gpus-per-node 1 on a CPU-only job" in captured.err

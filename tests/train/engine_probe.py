@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import seq2vae.train.trainer as trainer_module
-from seq2vae.evaluation.distributed import gather_objects
+from seq2vae.distributed import gather_objects
 from seq2vae.train.config import load_train_config
 from seq2vae.train.trainer import Trainer
 

@@ -36,7 +36,7 @@ def test_zero3_prefix_run_trains_and_evaluates(data_overrides, launch, tmp_path)
 
     from seq2vae.evaluation.cli import main as eval_main
     from seq2vae.model import Seq2SeqVAE
-    from seq2vae.train.export import main as export_main
+    from seq2vae.checkpoint.export import main as export_main
 
     exported = tmp_path / "exported"
     assert export_main([str(run_dir), "--output", str(exported)]) == 0

@@ -9,7 +9,8 @@ import pytest
 from seq2vae.data.shards import load_meta
 from seq2vae.model import VAEConfig
 from seq2vae.model.build import backbone_config
-from seq2vae.plan import model_shape, training_flops_per_token
+from seq2vae.model.flops import training_flops_per_token
+from seq2vae.model.shape import model_shape
 
 PEAK_TFLOPS = 0.05  # a CPU-sized "peak", so MFU lands in a checkable range
 

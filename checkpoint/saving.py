@@ -1,0 +1,246 @@
+"""Checkpoints: DeepSpeed shards per rank, our training state in `client_state`, an atomic `latest`.
+
+Layout: RUN_DIR/checkpoints/step_XXXXXXXX/ (DeepSpeed's files plus `manifest.json`) and
+RUN_DIR/checkpoints/latest, a text file naming the newest complete checkpoint. A save is: every rank
+writes its shard; every rank fsyncs and checksums its files; rank 0 writes the manifest (sizes and
+CRC-32s) atomically; only then rank 0 moves `latest` (temporary file, fsync, rename, fsync of the
+directory). A crash or power loss at any point leaves `latest` on a complete checkpoint.
+
+Resuming verifies the chosen checkpoint against its manifest (`durability.py`). `--resume auto` falls
+back to the newest older complete checkpoint when the latest is damaged, with a warning naming the
+damaged files; an explicit `--resume PATH` to a damaged checkpoint fails naming them. `keep_last` >= 2
+(checked in the config) so one fallback always exists.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import read_yaml_mapping
+from ..distributed import World, barrier, gather_objects
+from ..model.config import VAEConfig
+from .durability import DamagedCheckpointError, atomic_write_text, checkpoint_problems, seal_checkpoint
+from .reshard import check_reshardable, restore_zero3_groups, saved_world_size, universal_checkpoint
+
+LATEST_FILE = "latest"
+TAG_PREFIX = "step_"
+DAMAGED_PREFIX = "damaged-"
+RUN_CONFIG_FILE = "config.yaml"  # the resolved training config every run directory holds
+
+
+def checkpoint_tag(step: int) -> str:
+    return f"{TAG_PREFIX}{step:08d}"
+
+
+def latest_checkpoint(checkpoints_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint directory, or None when there is none."""
+    pointer = Path(checkpoints_dir) / LATEST_FILE
+    if not pointer.is_file():
+        return None
+    path = Path(checkpoints_dir) / pointer.read_text().strip()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{pointer} names {path.name!r}, which does not exist")
+    return path
+
+
+def run_model_config(run_dir: Path) -> VAEConfig:
+    """The model section of a training run directory's resolved config (RUN_DIR/config.yaml)."""
+    path = Path(run_dir) / RUN_CONFIG_FILE
+    return VAEConfig.from_dict(read_yaml_mapping(path).get("model", {}), source=str(path))
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name[len(TAG_PREFIX):]) if path.name[len(TAG_PREFIX):].isdigit() else -1
+
+
+def _verified(path: Path, world: World, look_only: bool) -> Path:
+    problems = checkpoint_problems(path, world.rank, world.size, checksums=not look_only)
+    if problems:
+        raise DamagedCheckpointError(f"checkpoint {path} cannot be loaded:\n  " + "\n  ".join(problems))
+    return path
+
+
+def _quarantined(path: Path) -> Path:
+    return path.with_name(f"{DAMAGED_PREFIX}{path.name}")
+
+
+def _quarantine(paths: list[Path]) -> None:
+    """Renames skipped checkpoints out of the `step_*` namespace: kept for inspection, never chosen again,
+    and not counted by `keep_last` (which would otherwise keep a damaged one instead of a fallback)."""
+    for path in paths:
+        if path.is_dir():
+            target = _quarantined(path)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(path, target)
+
+
+def _newest_intact(checkpoints_dir: Path, world: World, look_only: bool) -> Path | None:
+    """`latest` if intact, else the newest older complete checkpoint that verifies (ALL ranks).
+
+    Every skipped checkpoint is reported on rank 0 with the files that made it unusable, and moved
+    aside, unless `look_only` (see `resolve_resume`).
+    """
+    pointer = checkpoints_dir / LATEST_FILE
+    # Rank 0's view decides, so every rank walks the same candidates through the same collectives.
+    named = gather_objects(pointer.read_text().strip() if pointer.is_file() else None)[0]
+    if named is None:
+        return None
+    tags = gather_objects(sorted((p.name for p in checkpoints_dir.glob(f"{TAG_PREFIX}*") if p.is_dir()), reverse=True))[0]
+    latest_step = _step_of(Path(named))
+    candidates = [named] + [tag for tag in tags if tag != named and _step_of(Path(tag)) < latest_step]
+    skipped: list[Path] = []
+    for tag in candidates:
+        path = checkpoints_dir / tag
+        problems = checkpoint_problems(path, world.rank, world.size, checksums=not look_only)
+        if not problems:
+            if not look_only and world.is_main:
+                _quarantine(skipped)
+            return path
+        skipped.append(path)
+        if not look_only and world.is_main:
+            print(
+                f"WARNING: skipping damaged checkpoint {path}:\n  " + "\n  ".join(problems)
+                + f"\n  falling back to the previous complete checkpoint; it is kept as {_quarantined(path).name}",
+                flush=True,
+            )
+    state = "which does not exist" if not (checkpoints_dir / named).is_dir() else "which is damaged"
+    raise DamagedCheckpointError(
+        f"{pointer} names {named!r}, {state}, and no older checkpoint in {checkpoints_dir} is intact "
+        "(see the warnings above); resume from a copy, or start over with --resume never"
+    )
+
+
+def resolve_resume(resume: str, checkpoints_dir: Path, world: World | None = None, look_only: bool = False) -> Path | None:
+    """`resume` setting -> the verified checkpoint to load: auto (latest intact, else an older one with a
+    warning), never, or an explicit path (DamagedCheckpointError naming the damaged files).
+
+    A collective when `world` has several ranks: call it on all of them. `look_only` is the check each
+    rank runs alone before the world starts: manifests, presence and sizes, no checksums (the ranks
+    verify those together, each its share, when the run resolves it again), and nothing printed or
+    moved aside (one rank moving a damaged checkpoint would pull it from under another still looking).
+    """
+    world = world or World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return _newest_intact(checkpoints_dir, world, look_only)
+    path = Path(resume)
+    if not path.is_dir():
+        raise FileNotFoundError(f"key 'resume': checkpoint directory {resume!r} does not exist")
+    return _verified(path, world, look_only)
+
+
+def capture_rng(noise_generator: torch.Generator) -> dict[str, Any]:
+    """This rank's random states: python, numpy, torch (CPU, CUDA) and the noising generator."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "noise": noise_generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], noise_generator: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    noise_generator.set_state(state["noise"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _prune(checkpoints_dir: Path, keep_last: int, keep: Path) -> None:
+    tags = sorted(p for p in checkpoints_dir.glob(f"{TAG_PREFIX}*") if p.is_dir())
+    for path in tags[:-keep_last]:
+        if path != keep:
+            shutil.rmtree(path)
+
+
+def save_checkpoint(
+    engine,
+    checkpoints_dir: Path,
+    step: int,
+    shared_state: dict[str, Any],
+    rank_state: dict[str, Any],
+    keep_last: int,
+    world: World,
+) -> Path:
+    """Saves on ALL ranks (a collective). `rank_state` is gathered so each rank can restore its own.
+
+    Args:
+        shared_state: identical on every rank (step, phase, skip counters).
+        rank_state: this rank's data-loader position and RNG states.
+    Returns:
+        the checkpoint directory.
+    """
+    tag = checkpoint_tag(step)
+    path = checkpoints_dir / tag
+    client_state = {**shared_state, "world_size": world.size, "ranks": gather_objects(rank_state)}
+    if world.is_main and path.exists():
+        # Left by a run that fell back past it (damaged) or died mid-save: its stale manifest must not
+        # vouch for the new files while they are being written.
+        shutil.rmtree(path)
+    barrier()
+    engine.save_checkpoint(str(checkpoints_dir), tag=tag, client_state=client_state, save_latest=False)
+    barrier()  # every rank has written its shard
+    seal_checkpoint(path, world.rank, world.size)  # fsync + manifest: the checkpoint is now complete
+    if world.is_main:
+        atomic_write_text(checkpoints_dir / LATEST_FILE, tag + "\n")
+        _prune(checkpoints_dir, keep_last, keep=path)
+    barrier()  # nobody races ahead while rank 0 prunes
+    return path
+
+
+def load_checkpoint(engine, path: Path, world: World) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Loads weights, optimizer state and client state on ALL ranks, on the checkpoint's world size or,
+    for ZeRO-1/2/3 without offload, another one (through a universal checkpoint, see `reshard.py`).
+
+    Returns:
+        (shared state, this rank's state). On a new world size this rank's state has the data position
+        (identical on every rank; the loader re-plans it) and no "rng" (the old ranks' streams do not
+        map onto the new ranks).
+    """
+    saved_world = saved_world_size(path)
+    # Ours before DeepSpeed's: its ZeRORuntimeException would not say what to do.
+    offload = any(
+        getattr(getattr(settings, "device", None), "value", "none") != "none"
+        for settings in (engine.zero_offload_optimizer(), engine.zero_offload_param())
+    )
+    check_reshardable(path, world, engine.zero_optimization_stage(), offload)
+    resharding = saved_world != world.size
+    if resharding:
+        universal = universal_checkpoint(path, world)
+        engine._config.load_universal_checkpoint = True  # the engine reads the flag at load time only
+        try:
+            load_path, client_state = engine.load_checkpoint(
+                str(universal.parent), tag=universal.name, load_optimizer_states=True, load_lr_scheduler_states=False
+            )
+        finally:
+            engine._config.load_universal_checkpoint = False
+        if load_path is not None and engine.zero_optimization_stage() == 3:
+            restore_zero3_groups(engine, universal)
+    else:
+        load_path, client_state = engine.load_checkpoint(
+            str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+    if load_path is None:  # DeepSpeed returns (None, None) instead of raising
+        raise RuntimeError(f"DeepSpeed loaded nothing from checkpoint {path}")
+    if client_state.get("world_size") != saved_world:
+        raise RuntimeError(f"checkpoint {path}: its manifest and its client state disagree on the world size")
+    ranks = client_state.pop("ranks")
+    if resharding:
+        if world.is_main:
+            print(f"resharded checkpoint {path} from {saved_world} to {world.size} ranks", flush=True)
+        return client_state, {"data": ranks[0]["data"]}
+    return client_state, ranks[world.rank]

@@ -1,0 +1,254 @@
+"""Process groups and the collectives every room shares: the one place a process group is set up.
+
+Setup: torchrun worlds of any size, and a world of 1 for a plain `python -m` run. Collectives
+(`gather_objects`, `any_rank`, `all_ranks`, `max_over_ranks`) work with no process group at all (one
+process), so single-process evaluation and tests call the same code.
+
+Collectives get a finite timeout: when a peer dies, a rank blocked in a collective raises instead of
+waiting forever, so the job always ends. (torchrun also stops the other workers as soon as one exits
+non-zero.) Two timeouts: a long one while the run starts (`startup_timeout_s`: rank 0 reading a big
+checkpoint, ZeRO-3 partitioning, JIT-compiled ops; the other ranks wait in a collective meanwhile),
+then, once the first step is done, a short one for the steps (`distributed_timeout_s`), so a rank that
+dies mid-run ends the job in minutes instead of an hour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+# The oldest DeepSpeed our tests run on. Older releases differ where it matters here: 0.16 ZeRO checks
+# only fp16 steps for overflow (a non-finite bf16 step is applied), and defaults such as
+# gradient_clipping (0.19.3) and offload pin_memory (0.19.5) changed since.
+MIN_DEEPSPEED_VERSION = (0, 19, 8)
+
+
+def check_deepspeed_version(version: str | None = None) -> None:
+    """Raises RuntimeError naming both versions when DeepSpeed (or `version`) is older than the minimum."""
+    if version is None:
+        import deepspeed
+
+        version = deepspeed.__version__
+    numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+    if numbers < MIN_DEEPSPEED_VERSION:
+        minimum = ".".join(map(str, MIN_DEEPSPEED_VERSION))
+        raise RuntimeError(
+            f"DeepSpeed {version} is older than {minimum}, the oldest version seq2vae is tested with: "
+            f"pip install 'deepspeed>={minimum},<0.20'"
+        )
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    local_rank: int
+    size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (rendezvous of a local world; tests' torchrun launches)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def on_cpu() -> bool:
+    """True when DeepSpeed runs on its CPU accelerator (DS_ACCELERATOR=cpu, or no GPU at all)."""
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name() == "cpu"
+
+
+def init_world(timeout_s: int) -> World:
+    """Initialises torch.distributed through DeepSpeed (gloo on CPU, NCCL on GPU), once per process.
+
+    `timeout_s` is the collective timeout until `set_collective_timeout` changes it (the trainer passes
+    its start-up timeout here and the step timeout after the first step).
+
+    Without torchrun's variables it starts a world of one on a free loopback port. The group is
+    never torn down by the trainer: DeepSpeed caches it, so a second `trainer.run` in the same
+    process reuses it; the process's entry point calls `shutdown_world` at the end.
+    """
+    import deepspeed
+
+    check_deepspeed_version(deepspeed.__version__)
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    cpu = on_cpu()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cpu:
+        device = torch.device("cpu")
+        # DeepSpeed's CPU accelerator answers device_count() from LOCAL_SIZE, which its own launcher
+        # sets; without it, ZeRO-3 spawns `numactl --hardware` for every gradient bucket (~35 times a step).
+        os.environ.setdefault("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    else:
+        torch.cuda.set_device(local_rank)  # before NCCL initialises, so each rank talks from its own GPU
+        device = torch.device("cuda", local_rank)
+    if not dist.is_initialized():
+        deepspeed.init_distributed(
+            dist_backend="gloo" if cpu else "nccl", timeout=timedelta(seconds=timeout_s), verbose=False
+        )
+        if cpu:
+            _unlink_shared_memory_buffer(dist.get_rank())
+    else:
+        set_collective_timeout(timeout_s)  # a later run in this process: its start-up timeout again
+    return World(rank=dist.get_rank(), local_rank=local_rank, size=dist.get_world_size(), device=device)
+
+
+def _unlink_shared_memory_buffer(rank: int) -> None:
+    """Removes this rank's /dev/shm name of DeepSpeed's CPU all-reduce buffer once every rank maps it.
+
+    DeepSpeed's CPU comm (ops/csrc/cpu/comm/shm.cpp) creates `deepspeed_allreduce_buffer_<uid>_<addr>_
+    <port>_<rank>` (~66 MiB) at start-up and never unlinks it: every CPU run left its buffers in RAM
+    (seen: 21 GB of them after a day of tests). Each rank maps all ranks' buffers inside
+    init_distributed, so after a barrier the names are no longer needed; the mappings stay valid
+    until the process exits, however it exits.
+    """
+
+    dist.barrier()
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ['MASTER_ADDR']}_{os.environ['MASTER_PORT']}_{rank}"
+    Path("/dev/shm", name).unlink(missing_ok=True)
+
+
+def set_collective_timeout(timeout_s: float) -> None:
+    """Sets the timeout of every process group this rank belongs to (the default one and any that
+    DeepSpeed created, e.g. ZeRO's data-parallel groups); later collectives use it.
+
+    All ranks should call it at the same point (the trainer: after the first step). gloo and NCCL
+    groups only; torch warns about others and leaves them as they are.
+    """
+    from torch.distributed import distributed_c10d
+
+    if not dist.is_initialized():
+        return
+    timeout = timedelta(seconds=timeout_s)
+    for group in list(distributed_c10d._world.pg_map):
+        if not distributed_c10d._rank_not_in_group(group):
+            distributed_c10d._set_pg_timeout(timeout, group)
+
+
+def shutdown_world() -> None:
+    """Destroys the process group: call once, when a process's last `trainer.run` has returned normally.
+
+    A gloo group left up at interpreter exit can abort the process (SIGABRT, "terminate called without
+    an active exception") after its work is done, turning a finished run into a failed job; NCCL warns
+    of leaked communicators. Not called on errors: a rank that fails exits and torchrun stops the rest.
+    """
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device_name: str | None):
+    """Joins the torchrun process group when launched by torchrun (NCCL on GPUs, gloo on CPU), without
+    DeepSpeed (evaluation of a replica needs none); yields the device. Leaves the group it created."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() if device_name is None else device_name.startswith("cuda")
+    if use_cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    created = False
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        created = True
+    try:
+        yield device
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def zero_stage(ds_config: dict[str, Any]) -> int:
+    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def model_construction(ds_config: dict[str, Any]) -> tuple[contextlib.AbstractContextManager, Any]:
+    """(the context to build a model in, an object to keep alive as long as its engine) for `ds_config`.
+
+    The one place a model meant for a ZeRO-3 engine is constructed (training's engine and
+    evaluation's `load_zero3`): inside `deepspeed.zero.Init` every parameter is partitioned the moment
+    it is created, and while transformers' `HfDeepSpeedConfig` lives `from_pretrained` lets rank 0 read
+    the weights and partitions them, so an 11B backbone never materialises whole on one rank. Other
+    stages build normally: (nullcontext, None).
+    """
+    if zero_stage(ds_config) != 3:
+        return contextlib.nullcontext(), None
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+
+    keep_alive = HfDeepSpeedConfig(ds_config)  # before zero.Init: from_pretrained reads it while it lives
+    return deepspeed.zero.Init(config_dict_or_path=ds_config), keep_alive
+
+
+def barrier() -> None:
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) when there is none."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_objects(local: Any) -> list[Any]:
+    """Every rank's `local` (picklable; CPU tensors keep their exact bits), in rank order."""
+    rank, world_size = rank_and_world()
+    if world_size == 1:
+        return [local]
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, local)
+    return gathered
+
+
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest `value` over all ranks (a collective: every rank must call it)."""
+    _, world_size = rank_and_world()
+    if world_size == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.long, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when `flag` is true on at least one rank (a collective: every rank must call it)."""
+    _, world_size = rank_and_world()
+    if world_size == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def all_ranks(flag: bool, device: torch.device) -> bool:
+    """True when `flag` is true on every rank (a collective)."""
+    return not any_rank(not flag, device)
+
+
+def collective_device(model_device: torch.device) -> torch.device:
+    """Where small tensors for all_reduce must live: the model's GPU under NCCL, else the CPU."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return model_device
+    return torch.device("cpu")
