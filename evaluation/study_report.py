@@ -137,7 +137,7 @@ def write_report(inputs: list[Path], output: Path) -> Path:
         "# seq2vae study report",
         "",
         f"{len(runs)} runs, written {created}. Settings shown are the config keys that differ between runs; "
-        f"metrics are in nats per sentence (see the evaluation conventions in README.md). "
+        f"metrics are in nats per sentence (see the evaluation conventions in docs/CONVENTIONS.md). "
         f"Every value, with the majority baselines of the probes, is in [{csv_path.name}]({csv_path.name}).",
         "",
         "## Runs",
