@@ -14,6 +14,7 @@ WORKER = str(Path(__file__).with_name("world_worker.py"))
 LAUNCHES = 4
 
 
+@pytest.mark.slow
 def test_ranks_that_shut_the_world_down_always_exit_zero(launch):
     # A gloo group left up at interpreter exit aborts a rank (SIGABRT) in about half of the launches;
     # a finished run must never turn into a failed job that way.
@@ -27,6 +28,7 @@ def _allreduce_buffers() -> set[str]:
     return {path.name for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*")}
 
 
+@pytest.mark.slow
 def test_ranks_leave_no_shared_memory_buffers_behind(launch):
     # DeepSpeed's CPU comm never unlinks its ~66 MiB all-reduce buffer per rank; a day of runs filled RAM.
     before = _allreduce_buffers()
@@ -38,6 +40,7 @@ def test_ranks_leave_no_shared_memory_buffers_behind(launch):
 TIMEOUT_WORKER = str(Path(__file__).with_name("timeout_worker.py"))
 
 
+@pytest.mark.slow
 def test_step_timeout_replaces_the_startup_timeout(launch, tmp_path):
     # The world starts with a one-hour timeout; after set_collective_timeout(2) a collective that a
     # peer never joins fails in seconds, which is what ends a job whose rank died mid-run.

@@ -13,6 +13,8 @@ from seq2vae.checkpoint.consolidate import consolidate
 LAYOUT_WORKER = Path(__file__).with_name("zero_layout_worker.py")
 STAGES = ("zero1", "zero2", "zero3")
 
+pytestmark = pytest.mark.slow  # the golden runs and a 2-rank DeepSpeed layout job
+
 
 @pytest.fixture(scope="module")
 def layout_checkpoints(launch, tmp_path_factory) -> Path:

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TOTAL_STEPS = 12  # configs/debug-zero2.yaml
+
+pytestmark = pytest.mark.slow  # 2-rank torchrun runs resumed from damaged checkpoints
 
 
 def test_damaged_latest_checkpoint_with_real_ranks(data_overrides, launch, tmp_path):

@@ -10,6 +10,8 @@ from safetensors import safe_open
 
 SENTENCES = ["the quick brown fox jumps over the lazy dog", "a small cat sat on the warm mat"]
 
+pytestmark = pytest.mark.slow  # exports of the golden runs' checkpoints
+
 
 def _outputs(directory):
     from seq2vae.model import Seq2SeqVAE

@@ -19,6 +19,7 @@ def _model_config(tokenizer_dir, **settings):
     return VAEConfig(**{"backbone": "debug-t5", "tokenizer": str(tokenizer_dir), "latent_dim": 16, **settings})
 
 
+@pytest.mark.slow
 def test_a_model_directory_and_a_run_directory_resolve(tiny_t5_dir, golden_runs, tokenizer_dir):
     from seq2vae.checkpoint.init_from import resolve_init_from
 
@@ -65,6 +66,7 @@ def _init_run(launch, data_overrides, stage: str, init_from: Path, out: Path, *e
 @pytest.mark.parametrize(
     "stage, source", [("zero3", "exported"), ("zero2", "run")], ids=["zero3-from-export", "zero2-from-run-dir"]
 )
+@pytest.mark.slow
 def test_init_from_starts_from_the_source_weights(stage, source, golden_runs, data_overrides, launch, tmp_path):
     from seq2vae.model import Seq2SeqVAE
     from seq2vae.checkpoint.export import export_run

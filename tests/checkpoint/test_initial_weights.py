@@ -18,6 +18,7 @@ GOLDEN_STEPS = 20  # golden_runs (tests/train/conftest.py): 4 steps with the dec
 RELATIVE_TOLERANCE = 1e-5
 
 
+@pytest.mark.slow
 def test_initial_weights_are_bit_identical_across_stages_and_world_sizes(golden_runs):
     reference = load_file(golden_runs["zero2"] / "initial.safetensors")
     assert any(name.startswith("posterior.") for name in reference) and len(reference) > 40
@@ -28,6 +29,7 @@ def test_initial_weights_are_bit_identical_across_stages_and_world_sizes(golden_
         assert not differing, f"{other} starts from other weights than zero2: {differing[:5]}"
 
 
+@pytest.mark.slow
 def test_golden_loss_agrees_across_zero_stages_at_every_step(golden_runs, launch):
     runs = {stage: launch.metrics(golden_runs[stage] / "run") for stage in STAGES}
     for stage, metrics in runs.items():
@@ -41,6 +43,7 @@ def test_golden_loss_agrees_across_zero_stages_at_every_step(golden_runs, launch
                 assert relative < RELATIVE_TOLERANCE, (stage, expected["step"], key, expected[key], got[key])
 
 
+@pytest.mark.slow
 def test_phase_switch_is_inside_the_golden_run(golden_runs):
     """Phase 1 froze the decoder, phase 2 trained it: the comparison covers the switch."""
     config = (golden_runs["zero3"] / "config.yaml").read_text()

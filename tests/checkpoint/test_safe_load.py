@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # real checkpoints of every stage (the golden runs) and a 2-rank run
+
 
 class RunsCode:
     """Unpickling this runs `touch MARKER` (what an attacker's checkpoint would do, harmlessly)."""

@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
+pytestmark = pytest.mark.slow  # the whole quickstart
+
 
 def test_quickstart_trains_a_model_that_reconstructs_and_has_not_collapsed(tmp_path):
     # The README's main job as shipped (only fewer importance samples): its promise is the test.

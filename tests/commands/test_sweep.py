@@ -26,6 +26,8 @@ TINY = [
 ]
 EVAL_ARGS = "--iw-samples 2 --max-sentences 16 --prior-samples 0 --interpolations 0 --max-reconstructions 4"
 
+pytestmark = pytest.mark.slow  # a sweep that trains, resumes and evaluates its rows
+
 
 def env() -> dict[str, str]:
     return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

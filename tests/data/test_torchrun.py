@@ -6,9 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from seq2vae.data.stream import read_split
 
 SCRIPT = Path(__file__).with_name("torchrun_loader.py")
+
+pytestmark = pytest.mark.slow  # a 2-process torchrun job
 
 
 def test_loader_inside_a_real_two_process_torchrun(shard_dir, tmp_path, free_port):

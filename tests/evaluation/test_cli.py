@@ -50,6 +50,7 @@ def test_one_rank_output_records_conventions_versions_and_prints_a_table(one_ran
     assert record["data_info"]["kind"] == "jsonl" and record["world_size"] == 1
 
 
+@pytest.mark.slow
 def test_two_ranks_give_the_same_results_as_one(one_rank_json, two_rank_dir):
     one = json.loads(one_rank_json.read_text())
     two = json.loads((two_rank_dir / "eval-2ranks.json").read_text())
@@ -60,6 +61,7 @@ def test_two_ranks_give_the_same_results_as_one(one_rank_json, two_rank_dir):
         assert two[key] == one[key], key
 
 
+@pytest.mark.slow
 def test_validate_with_uneven_batches_on_two_ranks_agrees_and_does_not_hang(two_rank_dir, tiny_t5_dir, eval_jsonl):
     from seq2vae.data.collate import collate
     from seq2vae.evaluation.data import load_samples
@@ -79,6 +81,7 @@ def test_validate_with_uneven_batches_on_two_ranks_agrees_and_does_not_hang(two_
     assert rank0["active_units"] == single["active_units"] and rank0["num_tokens"] == single["num_tokens"]
 
 
+@pytest.mark.slow
 def test_compare_prints_runs_side_by_side(one_rank_json, two_rank_dir, capsys):
     assert main(["--compare", str(one_rank_json), str(two_rank_dir / "eval-2ranks.json")]) == 0
     table = capsys.readouterr().out

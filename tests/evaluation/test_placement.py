@@ -134,6 +134,7 @@ def test_a_saved_model_is_sized_from_its_configs_as_the_planner_sizes_its_traini
     assert stored_dtype(tiny_t5_dir) == torch.float32
 
 
+@pytest.mark.slow
 def test_two_rank_zero3_evaluation_equals_one_rank(tiny_t5_dir, eval_jsonl, tmp_path):
     one = tmp_path / "one.json"
     assert main(["--model", str(tiny_t5_dir), "--data", str(eval_jsonl), *EVAL_ARGS, "--output", str(one)]) == 0

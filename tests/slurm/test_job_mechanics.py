@@ -16,9 +16,12 @@ import os
 import pwd
 from pathlib import Path
 
+import pytest
 import yaml
 
 STAND_IN = "stand_in_trainer"
+
+pytestmark = pytest.mark.slow  # jobs on a real one-node SLURM cluster
 
 
 def stand_in_config(directory: Path, steps: int, step_seconds: float, **stand_in) -> Path:

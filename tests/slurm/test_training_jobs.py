@@ -6,15 +6,17 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
-from torch.utils.cpp_extension import get_default_build_root
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
+from torch.utils.cpp_extension import get_default_build_root
 
 # DeepSpeed's CPU communication op, as the other training tests build it (once per machine): the jobs'
 # default node-local directory would build it again, minutes on a loaded 2-core machine.
 # (test_job_mechanics checks that the default reaches the ranks.)
 TORCH_EXTENSIONS = str(Path(get_default_build_root()) / f"py{sys.version_info.major}{sys.version_info.minor}_cpu")
+
+pytestmark = pytest.mark.slow  # training jobs on a real one-node SLURM cluster
 
 
 def submit(cluster, config: Path, *args: str, ranks: int = 2) -> str:

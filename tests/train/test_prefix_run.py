@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 
 TOTAL_STEPS = 12  # configs/debug-zero3.yaml: 4 autoencoder steps (decoder frozen) + 8 VAE steps
+
+pytestmark = pytest.mark.slow  # a 2-rank ZeRO-3 torchrun run
 
 
 def test_zero3_prefix_run_trains_and_evaluates(data_overrides, launch, tmp_path):

@@ -8,8 +8,8 @@ A's torchrun is SIGKILLed its workers are gone within seconds.
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +20,8 @@ import pytest
 from seq2vae.train.run_lock import RunDirectoryInUseError, RunDirectoryLock
 
 HOLD_LOCK = "import sys, time; from seq2vae.train.run_lock import RunDirectoryLock; lock = RunDirectoryLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+
+pytestmark = pytest.mark.slow  # a long 2-rank torchrun job
 
 
 def _hold_in_subprocess(run_dir) -> subprocess.Popen:

@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 STAGES = ["zero2", "zero3"]
 TOTAL_STEPS = 12  # configs/debug-zero*.yaml: 4 autoencoder steps (decoder frozen) + 8 VAE steps
 STOP_AT = 6  # inside phase 2, after the phase switch, between two periodic checkpoints
+
+pytestmark = pytest.mark.slow  # 2-rank torchrun training runs
 
 
 @pytest.fixture(scope="module", params=STAGES)

@@ -14,6 +14,8 @@ from seq2vae.model.shape import model_shape
 
 PEAK_TFLOPS = 0.05  # a CPU-sized "peak", so MFU lands in a checkable range
 
+pytestmark = pytest.mark.slow  # a 2-rank torchrun training run
+
 
 @pytest.fixture(scope="module")
 def throughput_run(data_overrides, launch, tmp_path_factory):

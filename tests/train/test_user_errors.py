@@ -13,6 +13,8 @@ import pytest
 
 DRIVER = Path(__file__).parents[1] / "command_driver.py"
 
+pytestmark = pytest.mark.slow  # seq2vae train processes and a 2-rank run
+
 
 def _train(launch, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(

@@ -19,6 +19,8 @@ import torch
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TOTAL_STEPS, STOP_AT, GLOBAL_BATCH, MICRO = 12, 6, 16, 8
 
+pytestmark = pytest.mark.slow  # 2-rank torchrun runs resumed on another world size
+
 
 def _client_state(checkpoint: Path) -> dict:
     # ZeRO-2: mp_rank_00_model_states.pt; ZeRO-3: one zero_pp_rank_R_mp_rank_00_model_states.pt per rank.
