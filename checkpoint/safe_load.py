@@ -16,7 +16,7 @@ and tensor-fragment addresses. Each is rebuilt from plain data by its class, nev
 arbitrary function.
 
 Resuming a run (`load_checkpoint` in the trainer) does not go through here: it trusts the run
-directory, as README.md states.
+directory, as docs/CHECKPOINTS.md ("What loading trusts") states.
 """
 
 from __future__ import annotations

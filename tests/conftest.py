@@ -170,6 +170,12 @@ def torchrun(script_args: list[str], timeout: float = 300, nproc: int = 2) -> su
     )
 
 
+def run_seq2vae(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m seq2vae ARGS` as one process, with the workers' environment; output kept for assertions."""
+    command = [sys.executable, "-m", "seq2vae", *args]
+    return subprocess.run(command, env=worker_env(), capture_output=True, text=True, timeout=timeout)
+
+
 def train_args(config: Path | str, *overrides: str) -> list[str]:
     return ["-m", "seq2vae.train", "--config", str(config), *overrides]
 
@@ -210,6 +216,7 @@ class Launch:
     free_port = staticmethod(pick_free_port)
     command = staticmethod(torchrun_command)
     run = staticmethod(torchrun)
+    seq2vae = staticmethod(run_seq2vae)
     train_args = staticmethod(train_args)
     metrics = staticmethod(read_metrics)
     tail = staticmethod(tail)

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,33 +27,25 @@ EVAL_ARGS = "--iw-samples 2 --max-sentences 16 --prior-samples 0 --interpolation
 pytestmark = pytest.mark.slow  # a sweep that trains, resumes and evaluates its rows
 
 
-def env() -> dict[str, str]:
-    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def seq2vae(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "seq2vae", *args], env=env(), capture_output=True, text=True, timeout=timeout)
-
-
 def output(process: subprocess.CompletedProcess) -> str:
     return process.stdout + process.stderr
 
 
 @pytest.fixture(scope="module")
-def sweep(shard_dir, tokenizer_dir, tmp_path_factory):
+def sweep(shard_dir, tokenizer_dir, launch, tmp_path_factory):
     """Row 0 interrupted at step 2 by hand, then the sweep run twice; returns (root, table, overrides, runs)."""
     root = tmp_path_factory.mktemp("local-sweep")
     table = root / "table.tsv"
     table.write_text(TABLE)
     overrides = [f"data.train={shard_dir}", f"model.tokenizer={tokenizer_dir}", *TINY]
     # Interrupt row 0 where the sweep will run it: its training stops (and checkpoints) at step 2 of 3.
-    interrupted = seq2vae("train", "--config", str(SMALL_CONFIG), *overrides, "phases.0.steps=0", "phases.1.free_bits=0",
-                          f"run_dir={root / 'runs' / 'task-0'}", "stop_at_step=2")
+    interrupted = launch.seq2vae("train", "--config", str(SMALL_CONFIG), *overrides, "phases.0.steps=0", "phases.1.free_bits=0",
+                                 f"run_dir={root / 'runs' / 'task-0'}", "stop_at_step=2", timeout=600)
     assert interrupted.returncode == 0, output(interrupted)[-4000:]
     command = ["sweep", str(table), "--config", str(SMALL_CONFIG), "--output-root", str(root / "runs"),
                "--eval-args", EVAL_ARGS, *overrides]
-    first = seq2vae(*command)
-    second = seq2vae(*command)
+    first = launch.seq2vae(*command, timeout=600)
+    second = launch.seq2vae(*command, timeout=600)
     return root, table, overrides, first, second
 
 
@@ -99,10 +89,10 @@ def test_the_sweep_ends_with_a_report_over_its_rows(sweep):
     assert (report / "pca_00.png").is_file() and (report / "pca_01.png").is_file()
 
 
-def test_the_same_table_renders_as_a_slurm_array_with_the_same_run_dirs(sweep):
+def test_the_same_table_renders_as_a_slurm_array_with_the_same_run_dirs(sweep, launch):
     root, table, overrides, _, _ = sweep
-    rendered = seq2vae("slurm", "render", "--kind", "sweep", "--sweep", str(table), "--config", str(SMALL_CONFIG),
-                       "--device", "cpu", "--output-dir", str(root / "logs"), *overrides, f"run_dir={root / 'runs'}")
+    rendered = launch.seq2vae("slurm", "render", "--kind", "sweep", "--sweep", str(table), "--config", str(SMALL_CONFIG),
+                              "--device", "cpu", "--output-dir", str(root / "logs"), *overrides, f"run_dir={root / 'runs'}")
     assert rendered.returncode == 0, output(rendered)
     script = rendered.stdout
     assert "#SBATCH --array=0-1" in script

@@ -4,16 +4,12 @@ and clear errors for empty or wrong inputs."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from seq2vae.cli import main as seq2vae_main
 from seq2vae.evaluation.cli import main
-from seq2vae.distributed import free_port
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 EVAL_ARGS = ["--iw-samples", "6", "--batch-size", "8", "--seed", "3", "--device", "cpu", "--max-reconstructions", "8"]
@@ -27,18 +23,11 @@ def one_rank_json(tiny_t5_dir, eval_jsonl, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def two_rank_dir(tiny_t5_dir, eval_jsonl, tmp_path_factory) -> Path:
+def two_rank_dir(tiny_t5_dir, eval_jsonl, launch, tmp_path_factory) -> Path:
     """Runs distributed_worker.py under torchrun with 2 gloo ranks; returns its output directory."""
-    port = free_port()
     output_dir = tmp_path_factory.mktemp("eval-2ranks")
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(port), str(WORKER), str(tiny_t5_dir), str(eval_jsonl), str(output_dir),
-        *EVAL_ARGS,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    completed = launch.run([str(WORKER), str(tiny_t5_dir), str(eval_jsonl), str(output_dir), *EVAL_ARGS])
+    assert completed.returncode == 0, launch.tail(completed)
     return output_dir
 
 

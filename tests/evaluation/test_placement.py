@@ -5,16 +5,14 @@ configs, and a real 2-rank ZeRO-3 evaluation (torchrun, gloo) against the 1-rank
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoConfig
 
+from seq2vae.commands.plan import main as plan_main
 from seq2vae.evaluation.cli import main
 from seq2vae.evaluation.placement import (
     PlacementError,
@@ -24,10 +22,8 @@ from seq2vae.evaluation.placement import (
     stored_dtype,
 )
 from seq2vae.model import VAEConfig
-from seq2vae.commands.plan import main as plan_main
-from seq2vae.plan.memory import InferenceBatch
 from seq2vae.model.shape import model_shape
-from seq2vae.distributed import free_port
+from seq2vae.plan.memory import InferenceBatch
 
 EVAL_ARGS = ["--iw-samples", "6", "--batch-size", "8", "--seed", "3", "--device", "cpu", "--max-reconstructions", "8"]
 GIB = 2**30
@@ -135,18 +131,15 @@ def test_a_saved_model_is_sized_from_its_configs_as_the_planner_sizes_its_traini
 
 
 @pytest.mark.slow
-def test_two_rank_zero3_evaluation_equals_one_rank(tiny_t5_dir, eval_jsonl, tmp_path):
+def test_two_rank_zero3_evaluation_equals_one_rank(tiny_t5_dir, eval_jsonl, launch, tmp_path):
     one = tmp_path / "one.json"
     assert main(["--model", str(tiny_t5_dir), "--data", str(eval_jsonl), *EVAL_ARGS, "--output", str(one)]) == 0
     two = tmp_path / "zero3.json"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), "-m", "seq2vae", "eval", "--model", str(tiny_t5_dir), "--data",
-        str(eval_jsonl), *EVAL_ARGS, "--placement", "zero3", "--output", str(two),
-    ]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = launch.run(
+        ["-m", "seq2vae", "eval", "--model", str(tiny_t5_dir), "--data", str(eval_jsonl), *EVAL_ARGS, "--placement", "zero3",
+         "--output", str(two)]
+    )
+    assert done.returncode == 0, launch.tail(done)
     replica, zero3 = json.loads(one.read_text()), json.loads(two.read_text())
     assert (replica["placement"], zero3["placement"], zero3["world_size"]) == ("replica", "zero3", 2)
     # ZeRO-3 gathers the same fp32 weights and runs the same kernels on the same batches, so the only

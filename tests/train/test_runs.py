@@ -240,7 +240,7 @@ def test_single_process_without_torchrun_through_the_seq2vae_command(data_overri
     run_dir = tmp_path / "single"
     args = ["train", "--config", str(CONFIGS / "debug-zero2.yaml"), *data_overrides, f"run_dir={run_dir}",
             "phases.0.steps=2", "phases.1.steps=2", "--resume", "never"]
-    done = subprocess.run([sys.executable, "-m", "seq2vae", *args], env=launch.env(), capture_output=True, text=True, timeout=300)
+    done = launch.seq2vae(*args)
     assert done.returncode == 0, launch.tail(done)
     assert [m["step"] for m in launch.metrics(run_dir)] == [1, 2, 3, 4]
     assert json.loads((run_dir / "ds_config.json").read_text())["train_batch_size"] == 8  # a world of one

@@ -17,9 +17,7 @@ pytestmark = pytest.mark.slow  # seq2vae train processes and a 2-rank run
 
 
 def _train(launch, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "seq2vae", "train", *args], env=launch.env(), capture_output=True, text=True, timeout=300
-    )
+    return launch.seq2vae("train", *args)
 
 
 def _tree(directory) -> dict:
