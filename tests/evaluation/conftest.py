@@ -8,6 +8,8 @@ import pytest
 import torch
 
 EVAL_SENTENCES = 20  # with batch size 8: 3 batches, so 2 ranks run a dummy round
+# `seq2vae eval` settings of the 1-rank, 2-rank and ZeRO-3 runs that must agree: every metric computed, quickly.
+EVAL_ARGS = ["--iw-samples", "6", "--batch-size", "8", "--seed", "3", "--device", "cpu", "--max-reconstructions", "8"]
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +43,18 @@ def eval_shard_dir(eval_jsonl, tokenizer_dir, tmp_path_factory) -> Path:
         shard_size=12, progress=False,
     )
     return directory
+
+
+@pytest.fixture(scope="session")
+def eval_args() -> list[str]:
+    return list(EVAL_ARGS)
+
+
+@pytest.fixture(scope="session")
+def one_rank_json(tiny_t5_dir, eval_jsonl, tmp_path_factory) -> Path:
+    """`seq2vae eval` of the tiny T5 on the JSONL, one rank in-process: the result 2-rank runs must equal."""
+    from seq2vae.evaluation.cli import main
+
+    output = tmp_path_factory.mktemp("eval-1rank") / "eval-1rank.json"
+    assert main(["--model", str(tiny_t5_dir), "--data", str(eval_jsonl), *EVAL_ARGS, "--output", str(output)]) == 0
+    return output

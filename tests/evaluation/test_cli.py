@@ -12,21 +12,13 @@ from seq2vae.cli import main as seq2vae_main
 from seq2vae.evaluation.cli import main
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
-EVAL_ARGS = ["--iw-samples", "6", "--batch-size", "8", "--seed", "3", "--device", "cpu", "--max-reconstructions", "8"]
 
 
 @pytest.fixture(scope="module")
-def one_rank_json(tiny_t5_dir, eval_jsonl, tmp_path_factory) -> Path:
-    output = tmp_path_factory.mktemp("eval-1rank") / "eval-1rank.json"
-    assert main(["--model", str(tiny_t5_dir), "--data", str(eval_jsonl), *EVAL_ARGS, "--output", str(output)]) == 0
-    return output
-
-
-@pytest.fixture(scope="module")
-def two_rank_dir(tiny_t5_dir, eval_jsonl, launch, tmp_path_factory) -> Path:
+def two_rank_dir(tiny_t5_dir, eval_jsonl, eval_args, launch, tmp_path_factory) -> Path:
     """Runs distributed_worker.py under torchrun with 2 gloo ranks; returns its output directory."""
     output_dir = tmp_path_factory.mktemp("eval-2ranks")
-    completed = launch.run([str(WORKER), str(tiny_t5_dir), str(eval_jsonl), str(output_dir), *EVAL_ARGS])
+    completed = launch.run([str(WORKER), str(tiny_t5_dir), str(eval_jsonl), str(output_dir), *eval_args])
     assert completed.returncode == 0, launch.tail(completed)
     return output_dir
 
@@ -80,13 +72,13 @@ def test_compare_prints_runs_side_by_side(one_rank_json, two_rank_dir, capsys):
     assert kl_row.split()[2:] == [f"{kl:.2f}", f"{kl:.2f}"]  # one column per run
 
 
-def test_empty_input_and_wrong_model_fail_with_clear_messages(tiny_t5_dir, tmp_path, capsys):
+def test_empty_input_and_wrong_model_fail_with_clear_messages(tiny_t5_dir, eval_args, tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    assert main(["--model", str(tiny_t5_dir), "--data", str(empty), *EVAL_ARGS]) == 1
+    assert main(["--model", str(tiny_t5_dir), "--data", str(empty), *eval_args]) == 1
     message = capsys.readouterr().err
     assert "no sentences to evaluate" in message and "2 lines read" in message and "2 empty" in message
-    assert seq2vae_main(["eval", "--model", str(tmp_path), "--data", str(empty), *EVAL_ARGS]) == 2
+    assert seq2vae_main(["eval", "--model", str(tmp_path), "--data", str(empty), *eval_args]) == 2
     assert "neither a saved model" in capsys.readouterr().err
-    assert seq2vae_main(["eval", "--model", str(tiny_t5_dir), "--data", str(tmp_path / "missing.txt"), *EVAL_ARGS]) == 2
+    assert seq2vae_main(["eval", "--model", str(tiny_t5_dir), "--data", str(tmp_path / "missing.txt"), *eval_args]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -13,7 +13,6 @@ import torch
 from transformers import AutoConfig
 
 from seq2vae.commands.plan import main as plan_main
-from seq2vae.evaluation.cli import main
 from seq2vae.evaluation.placement import (
     PlacementError,
     auto_placement,
@@ -25,7 +24,6 @@ from seq2vae.model import VAEConfig
 from seq2vae.model.shape import model_shape
 from seq2vae.plan.memory import InferenceBatch
 
-EVAL_ARGS = ["--iw-samples", "6", "--batch-size", "8", "--seed", "3", "--device", "cpu", "--max-reconstructions", "8"]
 GIB = 2**30
 FLAN_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "flan-t5-xxl-zero3.yaml"
 # 16 sentences x 4 samples of 64 tokens per decoder call: 1.0-1.3 GiB of activations for flan-t5-xxl.
@@ -131,12 +129,11 @@ def test_a_saved_model_is_sized_from_its_configs_as_the_planner_sizes_its_traini
 
 
 @pytest.mark.slow
-def test_two_rank_zero3_evaluation_equals_one_rank(tiny_t5_dir, eval_jsonl, launch, tmp_path):
-    one = tmp_path / "one.json"
-    assert main(["--model", str(tiny_t5_dir), "--data", str(eval_jsonl), *EVAL_ARGS, "--output", str(one)]) == 0
+def test_two_rank_zero3_evaluation_equals_one_rank(tiny_t5_dir, eval_jsonl, eval_args, one_rank_json, launch, tmp_path):
+    one = one_rank_json  # the replica result tests/evaluation/test_cli.py checks too
     two = tmp_path / "zero3.json"
     done = launch.run(
-        ["-m", "seq2vae", "eval", "--model", str(tiny_t5_dir), "--data", str(eval_jsonl), *EVAL_ARGS, "--placement", "zero3",
+        ["-m", "seq2vae", "eval", "--model", str(tiny_t5_dir), "--data", str(eval_jsonl), *eval_args, "--placement", "zero3",
          "--output", str(two)]
     )
     assert done.returncode == 0, launch.tail(done)

@@ -21,8 +21,6 @@ from seq2vae.train.run_lock import RunDirectoryInUseError, RunDirectoryLock
 
 HOLD_LOCK = "import sys, time; from seq2vae.train.run_lock import RunDirectoryLock; lock = RunDirectoryLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
 
-pytestmark = pytest.mark.slow  # a long 2-rank torchrun job
-
 
 def _hold_in_subprocess(run_dir) -> subprocess.Popen:
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], stdout=subprocess.PIPE, text=True)
@@ -72,6 +70,7 @@ def _wait_for(condition, timeout: float, what: str, job) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_second_run_refused_skips_counted_and_workers_die_with_torchrun(
     launch, shard_dir, tokenizer_dir, tmp_path, out_of_range_copy
 ):

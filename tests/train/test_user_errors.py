@@ -13,8 +13,6 @@ import pytest
 
 DRIVER = Path(__file__).parents[1] / "command_driver.py"
 
-pytestmark = pytest.mark.slow  # seq2vae train processes and a 2-rank run
-
 
 def _train(launch, *args: str) -> subprocess.CompletedProcess:
     return launch.seq2vae("train", *args)
@@ -84,6 +82,7 @@ def test_debug_shows_the_traceback(launch, data_overrides, tmp_path):
     assert completed.stderr.count("seq2vae train: error: ") == 1
 
 
+@pytest.mark.slow
 def test_a_corrupt_sample_stops_a_2_rank_run_with_one_message(launch, shard_dir, tokenizer_dir, tmp_path, out_of_range_copy):
     """on_corrupt=error: whichever rank reads the bad sample, rank 0 prints its message once, every rank exits 2."""
     shards = tmp_path / "shards"
