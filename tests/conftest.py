@@ -22,6 +22,20 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TOKENIZER_CORPUS_SIZE = 3000
+# Session fixtures that launch 2-rank training runs or start a SLURM cluster (minutes on 2 cores): a test
+# that uses one belongs to the slow tier, or `pytest -m "not slow"` would pay for them.
+SLOW_FIXTURES = frozenset({"golden_runs", "slurm_cluster"})
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [
+        item.nodeid for item in items
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            f"these tests use {', '.join(sorted(SLOW_FIXTURES))} but are not marked @pytest.mark.slow: " + ", ".join(unmarked)
+        )
 
 
 @pytest.fixture(scope="session")
