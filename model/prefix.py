@@ -46,6 +46,8 @@ from transformers import PretrainedConfig
 from transformers.cache_utils import Cache, DynamicLayer, EncoderDecoderCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from .precision import Float32Linear
+
 
 def decoder_attention_shape(config: PretrainedConfig) -> tuple[int, int, int]:
     """(decoder layers L, self-attention heads H, head width Dh) of a T5- or BART-family backbone."""
@@ -100,7 +102,7 @@ class PrefixInjection(nn.Module):
         super().__init__()
         self.num_layers, self.num_heads, self.head_dim = decoder_attention_shape(backbone_config)
         # No bias, as in the reference: the slot is a function of z alone.
-        self.projection = nn.Linear(latent_dim, self.num_layers * self.num_heads * self.head_dim, bias=False)
+        self.projection = Float32Linear(latent_dim, self.num_layers * self.num_heads * self.head_dim, bias=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z [B,Z] -> prefix [L,B,H,1,Dh] (one slot per layer; used as both key and value)."""
@@ -118,9 +120,9 @@ class PrefixInjection(nn.Module):
                 module._can_checkpoint_with_cache = True
 
     @contextlib.contextmanager
-    def attached(self, decoder: nn.Module, z: torch.Tensor):
-        """While active, every call of `decoder` sees z's prefix and no encoder states."""
-        prefix = self(z)  # [L,B,H,1,Dh]
+    def attached(self, decoder: nn.Module, z: torch.Tensor, dtype: torch.dtype):
+        """While active, every call of `decoder` sees z's prefix (in the decoder's `dtype`) and no encoder states."""
+        prefix = self(z).to(dtype)  # [L,B,H,1,Dh]
         keyword = cache_keyword(decoder)
 
         def expanded(batch: int) -> torch.Tensor:
