@@ -78,7 +78,7 @@ def _weight_files(source: str | Path) -> dict[str, str]:
     from safetensors import safe_open
 
     with safe_open(single, framework="pt") as handle:
-        return {name: single for name in handle.keys()}
+        return dict.fromkeys(handle.keys(), single)
 
 
 def _rows(path: str, name: str) -> torch.Tensor:
