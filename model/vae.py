@@ -418,6 +418,6 @@ class Seq2SeqVAE(nn.Module):
         missing = [k for k in missing if not k.startswith("backbone.")]
         if missing or unexpected:
             raise ValueError(f"{directory / HEADS_FILE}: missing {missing}, unexpected {unexpected}")
-        vae = vae.to(backbone.dtype)
+        vae = vae.to(backbone.dtype).eval()  # as transformers' from_pretrained returns its models
         check_model(vae)
         return vae
