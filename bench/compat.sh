@@ -35,8 +35,12 @@ if [ "$MODE" = "pinned" ]; then CONSTRAINTS=(-c "$ROOT/constraints.txt"); fi
 
 # torch first and pinned (a local CPU wheel here), so no looser requirement pulls a CUDA build.
 "${PIP[@]}" "${CONSTRAINTS[@]}" torch==2.13.0
-# A non-editable copy: the venv tests this checkout, whatever else is installed on the machine.
-"${PIP[@]}" "${CONSTRAINTS[@]}" "$ROOT[test]"
+# A non-editable install of a copy of the working tree (tracked and new files): the venv tests this
+# checkout whatever else the machine has installed, and the build leaves nothing in the checkout.
+SOURCE="$VENV.source"
+rm -rf "$SOURCE" && mkdir -p "$SOURCE"
+(cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$SOURCE")
+"${PIP[@]}" "${CONSTRAINTS[@]}" "$SOURCE[test]"
 
 echo "== installed ($MODE)"
 "$VENV/bin/python" - <<'PY'
@@ -52,10 +56,10 @@ PY
 echo "== tests"
 # Run from a scratch directory so `seq2vae` is the installed copy, not the checkout on sys.path.
 STATUS=0
-(cd "$VENV" && DS_ACCELERATOR=cpu "$VENV/bin/python" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" \
-  -c "$ROOT/pyproject.toml" \
-  "$ROOT/tests/model/test_invariants.py" "$ROOT/tests/model/test_backbone_head.py" "$ROOT/tests/model/test_prefix.py") \
-  || STATUS=$?
+(cd "$VENV" && DS_ACCELERATOR=cpu "$VENV/bin/python" -m pytest -q -p no:cacheprovider --rootdir "$SOURCE" \
+  -c "$SOURCE/pyproject.toml" \
+  "$SOURCE/tests/model/test_invariants.py" "$SOURCE/tests/model/test_backbone_head.py" \
+  "$SOURCE/tests/model/test_prefix.py") || STATUS=$?
 echo "== result ($MODE): pytest exit $STATUS"
 
 if [ "$FREEZE" = 1 ] && [ "$STATUS" = 0 ]; then

@@ -161,5 +161,6 @@ def check_gradients(groups: Mapping[str, Iterable[nn.Parameter]], has_gradient: 
             parts.append(f"trainable group(s) {', '.join(wrong_trainable)} received none")
         raise _refuse("after the first step " + " and ".join(parts))
     trainable = sorted(name for name in with_gradient if name not in frozen)
-    return (f"gradient check after the first step: trainable {', '.join(trainable) or 'none'} have gradients; "
-            f"frozen {', '.join(sorted(frozen & with_gradient.keys())) or 'none'} have none")
+    frozen_checked = sorted(frozen & with_gradient.keys())
+    frozen_part = f"frozen {', '.join(frozen_checked)} received none" if frozen_checked else "nothing frozen"
+    return f"gradient check after the first step: trainable {', '.join(trainable)} received gradients; {frozen_part}"

@@ -35,7 +35,18 @@ def flan_run(request, flan_like_dir, data_overrides, launch, tmp_path_factory):
     save_config(config, root / "config.yaml")
     done = launch.run([str(Path(__file__).with_name("flan_head_probe.py")), str(root / "config.yaml"), str(root)])
     assert done.returncode == 0, launch.tail(done)
+    (root / "output.txt").write_text(done.stdout + done.stderr)
     return stage, root, json.loads((root / "probe.json").read_text()), torch.load(root / "head.pt")
+
+
+def test_the_first_step_of_each_phase_checks_which_groups_got_gradients(flan_run):
+    _, root, _, _ = flan_run
+    output = (root / "output.txt").read_text()
+    # Phase 1 freezes the decoder (LM head included), phase 2 trains everything.
+    assert ("gradient check after the first step: trainable embeddings, encoder, latent, posterior received "
+            "gradients; frozen decoder received none") in output
+    assert ("gradient check after the first step: trainable decoder, embeddings, encoder, latent, posterior received "
+            "gradients; nothing frozen") in output
 
 
 def test_dropout_is_active_in_training_and_off_in_validation(flan_run):
@@ -71,13 +82,17 @@ def _assert_head(model_dir: Path, final: dict) -> None:
 
 
 def test_export_and_eval_of_the_run_directory_keep_the_trained_head(flan_run, shard_dir, tmp_path):
-    from seq2vae.evaluation.cli import main as eval_main
     from seq2vae.checkpoint.export import main as export_main
+    from seq2vae.cli import main as cli_main
+    from seq2vae.evaluation.cli import main as eval_main
 
     _, root, _, final = flan_run
     exported = tmp_path / "exported"
     assert export_main([str(root / "run"), "--output", str(exported)]) == 0
     _assert_head(exported, final)
+    # fp16 T5 is refused before anything is consolidated or written.
+    assert cli_main(["export", str(root / "run"), "--dtype", "fp16", "--output", str(tmp_path / "fp16")]) == 2
+    assert not (tmp_path / "fp16").exists()
     output = tmp_path / "eval.json"
     assert eval_main([
         "--model", str(root / "run"), "--data", str(shard_dir), "--iw-samples", "2", "--batch-size", "16",
