@@ -4,7 +4,7 @@ CUDA machine to the same release). Used by bench/compat.sh --freeze."""
 
 from __future__ import annotations
 
-import importlib.metadata as metadata
+from importlib import metadata
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name

@@ -57,8 +57,8 @@ def test_dropout_is_active_in_training_and_off_in_validation(flan_run):
 
 
 def test_the_head_trains_as_its_own_tensor_and_checkpoints_as_trained(flan_run, flan_like_dir):
-    from seq2vae.checkpoint.saving import latest_checkpoint
     from seq2vae.checkpoint.consolidate import consolidate
+    from seq2vae.checkpoint.saving import latest_checkpoint
 
     _, root, probe, final = flan_run
     assert probe["untied_at_start"] and probe["untied_at_end"] and probe["status"] == "completed"
@@ -105,9 +105,9 @@ def test_export_and_eval_of_the_run_directory_keep_the_trained_head(flan_run, sh
 def test_init_from_the_run_directory_starts_from_the_trained_head(flan_run):
     import dataclasses
 
+    from seq2vae.checkpoint.init_from import load_init_weights, resolve_init_from
     from seq2vae.model import build_vae
     from seq2vae.train.config import load_train_config
-    from seq2vae.checkpoint.init_from import load_init_weights, resolve_init_from
 
     _, root, _, final = flan_run
     model = dataclasses.replace(load_train_config(root / "config.yaml").model, init_from=str(root / "run"))
