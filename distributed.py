@@ -18,6 +18,7 @@ import contextlib
 import os
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -197,6 +198,16 @@ def model_construction(ds_config: dict[str, Any]) -> tuple[contextlib.AbstractCo
 
     keep_alive = HfDeepSpeedConfig(ds_config)  # before zero.Init: from_pretrained reads it while it lives
     return deepspeed.zero.Init(config_dict_or_path=ds_config), keep_alive
+
+
+def parameter_reader(stage: int) -> Callable[[list], contextlib.AbstractContextManager] | None:
+    """`params -> context` in which ZeRO-3-partitioned parameters are whole on every rank, for reading
+    (a collective: all ranks enter it together); None on other stages, where parameters are whole."""
+    if stage != 3:
+        return None
+    import deepspeed
+
+    return lambda params: deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
 
 def barrier() -> None:

@@ -24,6 +24,8 @@ import torch
 
 from ..errors import UserError
 from ..model import Seq2SeqVAE, build_vae
+from ..model.build import backbone_config
+from ..model.invariants import check_model, refuse_fp16
 from .saving import latest_checkpoint, run_model_config
 
 class ExportError(UserError, ValueError):
@@ -109,11 +111,14 @@ def export_run(
         if not path.is_dir():
             available = ", ".join(sorted(p.name for p in checkpoints_dir.glob("step_*"))) or "none"
             raise FileNotFoundError(f"checkpoint {checkpoint!r} not found in {checkpoints_dir}; available: {available}")
+    # Before consolidating: fp16 T5 would be written, then give inf/NaN wherever it is loaded.
+    refuse_fp16(backbone_config(model_config).model_type, DTYPES[dtype], f"seq2vae export --dtype {dtype}")
     state_dict = consolidate(path, DTYPES[dtype])
     with torch.device("meta"):  # architecture only: no weights read, no random initialisation
         vae = build_vae(model_config, pretrained_weights=False)
     vae = assemble(vae, state_dict, DTYPES[dtype], str(path))
     del state_dict
+    check_model(vae)  # the exported model reads z and keeps the checkpoint's LM head
     return vae.save_pretrained(output_dir, max_shard_size=max_shard_size)
 
 

@@ -19,7 +19,9 @@ from typing import Literal
 
 import torch
 
-from ..distributed import model_construction
+from ..distributed import model_construction, parameter_reader
+from ..model.backbone import pretrained_backbone
+from ..model.invariants import check_model
 from ..model.shape import ModelShape
 from ..plan.memory import InferenceBatch
 from ..plan.placement import INFERENCE_ZERO_OPTIMIZATION, PlacementError, choose_placement
@@ -91,7 +93,7 @@ def load_zero3(model_dir: str | Path):
     """
     import deepspeed
     from safetensors.torch import load_file
-    from transformers import AutoModelForSeq2SeqLM
+    from transformers import AutoConfig
 
     model_dir = Path(model_dir)
     config = saved_vae_config(model_dir)
@@ -100,7 +102,8 @@ def load_zero3(model_dir: str | Path):
     ds_config = _inference_ds_config(dtype)
     construction, keep_alive = model_construction(ds_config)
     with construction:
-        backbone = AutoModelForSeq2SeqLM.from_pretrained(backbone_dir, dtype=dtype)
+        # The LM head as the checkpoint stores it: under zero.Init transformers would tie an untied one.
+        backbone = pretrained_backbone(backbone_dir, AutoConfig.from_pretrained(backbone_dir), dtype=dtype)
         vae = Seq2SeqVAE(backbone, config, saved_tokenizer(model_dir))
     # The heads were created partitioned: each is gathered, filled on rank 0, and re-partitioned.
     heads = load_file(model_dir / HEADS_FILE)
@@ -116,6 +119,7 @@ def load_zero3(model_dir: str | Path):
     engine, _, _, _ = deepspeed.initialize(model=vae, config=ds_config)
     engine.eval()
     engine.hf_ds_config = keep_alive  # lives as long as the engine
+    check_model(engine.module, parameter_reader(3))
     return engine.module, engine
 
 

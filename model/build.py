@@ -7,6 +7,7 @@ import dataclasses
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from ..config import ConfigError
+from .backbone import head_is_untied
 from .config import VAEConfig, with_dropout
 from .debug import DEBUG_BACKBONES, debug_backbone_config
 from .vae import Seq2SeqVAE
@@ -39,4 +40,8 @@ def build_vae(config: VAEConfig, pretrained_weights: bool = True) -> Seq2SeqVAE:
         settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
         return Seq2SeqVAE.from_backbone(settings.pop("backbone"), **settings)
     tokenizer = load_tokenizer(config)
-    return Seq2SeqVAE.from_config(backbone_config(config, tokenizer), tokenizer=tokenizer, config=config)
+    architecture = backbone_config(config, tokenizer)
+    # A pretrained backbone's checkpoint says whether its head is untied, also when its weights are not read.
+    source = None if config.backbone in DEBUG_BACKBONES else config.backbone
+    untied_head = head_is_untied(architecture, source)
+    return Seq2SeqVAE.from_config(architecture, tokenizer=tokenizer, config=config, untied_head=untied_head)

@@ -15,11 +15,18 @@ own keys/values through the Hugging Face cache, exactly as if it were one alread
 - cross-attention: a forward pre-hook on the decoder stack drops `encoder_hidden_states`, so T5's and
   BART's decoder layers skip their cross-attention block (BART's post-norm included) altogether.
 
+Which keyword carries the cache is read from the installed decoder's `forward` signature
+(`cache_keyword`): transformers 5.24 renamed `past_key_values` to `cache` and, when both are given,
+drops `past_key_values` with only a warning, which silently removed z from the decoder. The hook
+therefore never passes the deprecated name where the new one exists, and `model/invariants.py`
+checks at every model build that log p(x|z) still moves with z.
+
 Two caches, because training and generation need different things:
 - teacher forcing gets a read-only cache (`_ReadOnlyPrefixLayer`) that prepends the prefix and
   stores nothing; calling the layer twice gives the same result, so activation checkpointing may
   replay it. transformers drops `past_key_values` in checkpointed layers unless the layer is marked
-  `_can_checkpoint_with_cache` (meant for layers that only read the cache); `PrefixInjection` marks
+  `_can_checkpoint_with_cache` (meant for layers that only read the cache, under either keyword);
+  `PrefixInjection` marks
   the decoder's layers, which is safe only because of this read-only cache.
 - generation keeps `generate`'s own growing cache: on the first decoder call (empty cache) the hook
   writes the prefix into it, expanded to beams / returned sequences, so it stays in the KV cache while
@@ -31,12 +38,15 @@ Shape legend: B batch, T target length, Z latent, L decoder layers, H heads, Dh 
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
 from torch import nn
 from transformers import PretrainedConfig
 from transformers.cache_utils import Cache, DynamicLayer, EncoderDecoderCache
 from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .precision import Float32Linear
 
 
 def decoder_attention_shape(config: PretrainedConfig) -> tuple[int, int, int]:
@@ -48,6 +58,27 @@ def decoder_attention_shape(config: PretrainedConfig) -> tuple[int, int, int]:
     raise ValueError(
         f"model.injection=prefix: cannot read the decoder's layer/head sizes from a {config.model_type!r} config "
         "(supported: T5- and BART-family backbones)"
+    )
+
+
+# The decoder keyword that carries the key/value cache, newest first: transformers 5.24 renamed
+# `past_key_values` (kept as a deprecated alias that loses to the new name) to `cache`.
+CACHE_KEYWORDS = ("cache", "past_key_values")
+
+
+def cache_keyword(decoder: nn.Module) -> str:
+    """The name under which the installed `decoder.forward` takes its key/value cache.
+
+    Read from the signature (decorators built with functools.wraps expose the real parameters), so a
+    rename upstream is followed instead of sending the cache through an alias that gets dropped.
+    """
+    parameters = inspect.signature(decoder.forward).parameters
+    for name in CACHE_KEYWORDS:
+        if name in parameters:
+            return name
+    raise ValueError(
+        f"model.injection=prefix: {type(decoder).__name__}.forward takes none of {', '.join(CACHE_KEYWORDS)} "
+        f"(its parameters: {', '.join(parameters)}); this transformers release is not supported"
     )
 
 
@@ -71,7 +102,7 @@ class PrefixInjection(nn.Module):
         super().__init__()
         self.num_layers, self.num_heads, self.head_dim = decoder_attention_shape(backbone_config)
         # No bias, as in the reference: the slot is a function of z alone.
-        self.projection = nn.Linear(latent_dim, self.num_layers * self.num_heads * self.head_dim, bias=False)
+        self.projection = Float32Linear(latent_dim, self.num_layers * self.num_heads * self.head_dim, bias=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z [B,Z] -> prefix [L,B,H,1,Dh] (one slot per layer; used as both key and value)."""
@@ -89,9 +120,10 @@ class PrefixInjection(nn.Module):
                 module._can_checkpoint_with_cache = True
 
     @contextlib.contextmanager
-    def attached(self, decoder: nn.Module, z: torch.Tensor):
-        """While active, every call of `decoder` sees z's prefix and no encoder states."""
-        prefix = self(z)  # [L,B,H,1,Dh]
+    def attached(self, decoder: nn.Module, z: torch.Tensor, dtype: torch.dtype):
+        """While active, every call of `decoder` sees z's prefix (in the decoder's `dtype`) and no encoder states."""
+        prefix = self(z).to(dtype)  # [L,B,H,1,Dh]
+        keyword = cache_keyword(decoder)
 
         def expanded(batch: int) -> torch.Tensor:
             return prefix.repeat_interleave(batch // prefix.shape[1], dim=1)  # beams / returned sequences
@@ -101,10 +133,10 @@ class PrefixInjection(nn.Module):
             inputs = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
             kwargs["encoder_hidden_states"] = None
             kwargs["encoder_attention_mask"] = None
-            cache = kwargs.get("past_key_values")
+            cache = kwargs.get(keyword)
             if cache is None:  # teacher forcing (or generation without a cache): a read-only prefix
                 layers = [_ReadOnlyPrefixLayer(slot) for slot in expanded(inputs.shape[0])]
-                kwargs["past_key_values"] = Cache(layers=layers)
+                kwargs[keyword] = Cache(layers=layers)
             else:  # generation: write the prefix once, before the first token, into generate's own cache
                 self_attention = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
                 if self_attention.get_seq_length() == 0:

@@ -86,15 +86,14 @@ def count_on_meta(backbone_config, vae_config: VAEConfig) -> tuple[tuple[int, ..
     """Builds the VAE on the meta device.
 
     Returns (numel of every parameter, largest per-module numel, whether the LM head is tied to the
-    input embedding). The tie is read from the built model, not the config: transformers 5 ties T5's
-    LM head even when config.json says `tie_word_embeddings: false` (T5 v1.1, flan-T5).
+    input embedding). Built as training builds it (model/backbone.py): an untied head (T5 v1.1,
+    flan-T5: `tie_word_embeddings: false` in config.json) is counted, though transformers 5 alone ties it.
     """
-    from transformers import AutoModelForSeq2SeqLM
-
+    from .backbone import backbone_from_config, head_is_untied
     from .vae import Seq2SeqVAE
 
     with _outside_zero3_construction(), torch.device("meta"):
-        backbone = AutoModelForSeq2SeqLM.from_config(backbone_config)
+        backbone = backbone_from_config(backbone_config, head_is_untied(backbone_config))
         vae = Seq2SeqVAE(backbone, vae_config)
     sizes = tuple(parameter.numel() for parameter in vae.parameters())
     largest = max(sum(p.numel() for p in module.parameters(recurse=False)) for module in vae.modules())

@@ -29,12 +29,15 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
+from .backbone import backbone_from_config, head_is_untied, pretrained_backbone
 from .config import VAEConfig, with_dropout
+from .invariants import check_model
 from .objective import gaussian_kl_per_dim
 from .pooling import Pooler
+from .precision import Float32Linear
 from .prefix import PrefixInjection
 
 FORMAT_VERSION = 1
@@ -97,12 +100,15 @@ class Seq2SeqVAE(nn.Module):
         self.tokenizer = tokenizer
         width = backbone.config.d_model
         self.pooler = Pooler(config.pooling, width)
-        self.posterior = nn.Linear(width, 2 * config.latent_dim)  # -> (mu, logvar)
+        # The latent side runs in fp32 under bf16 (model/precision.py): mu, logvar, z, the KL, the projections.
+        self.posterior = Float32Linear(width, 2 * config.latent_dim)  # -> (mu, logvar)
         self.latent_to_memory = (
-            nn.Linear(config.latent_dim, config.memory_states * width) if config.injection in ("memory", "both") else None
+            Float32Linear(config.latent_dim, config.memory_states * width)
+            if config.injection in ("memory", "both")
+            else None
         )
         self.latent_to_embedding = (
-            nn.Linear(config.latent_dim, width)
+            Float32Linear(config.latent_dim, width)
             if config.injection in ("embedding", "both", "prefix_embedding")
             else None
         )
@@ -126,18 +132,29 @@ class Seq2SeqVAE(nn.Module):
         """Loads pretrained backbone weights (hub name on a cluster, local directory anywhere)."""
         config = VAEConfig(backbone=name_or_path, tokenizer=tokenizer, **vae_settings)
         backbone_config = with_dropout(AutoConfig.from_pretrained(name_or_path), config.dropout)
-        backbone = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, config=backbone_config)
+        backbone = pretrained_backbone(name_or_path, backbone_config)  # LM head as the checkpoint has it
         return cls(backbone, config, AutoTokenizer.from_pretrained(tokenizer or name_or_path))
 
     @classmethod
     def from_config(
-        cls, backbone_config: PretrainedConfig, tokenizer=None, config: VAEConfig | None = None, **vae_settings
+        cls,
+        backbone_config: PretrainedConfig,
+        tokenizer=None,
+        config: VAEConfig | None = None,
+        untied_head: bool | None = None,
+        **vae_settings,
     ) -> "Seq2SeqVAE":
-        """Builds a randomly initialised backbone from `backbone_config` (tests, debug runs)."""
+        """Builds a randomly initialised backbone from `backbone_config` (tests, debug runs, and the
+        architecture that checkpoints are loaded into).
+
+        `untied_head`: whether the LM head is its own tensor; None takes what the config declares
+        (`model.backbone.head_is_untied`; transformers 5 alone would tie every T5).
+        """
         if config is None:
             config = VAEConfig(backbone=f"config:{backbone_config.model_type}", **vae_settings)
-        backbone = AutoModelForSeq2SeqLM.from_config(backbone_config)
-        return cls(backbone, config, tokenizer)
+        if untied_head is None:
+            untied_head = head_is_untied(backbone_config)
+        return cls(backbone_from_config(backbone_config, untied_head), config, tokenizer)
 
     # ------------------------------------------------------------------ parameter groups
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -175,7 +192,7 @@ class Seq2SeqVAE(nn.Module):
 
     # ------------------------------------------------------------------ encoder side
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """input_ids, attention_mask [B,S] -> mu, logvar [B,Z]."""
+        """input_ids, attention_mask [B,S] -> mu, logvar [B,Z] (fp32 whatever the backbone's dtype)."""
         hidden = self.backbone.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         pooled = self.pooler(hidden, attention_mask)  # [B,D]
         mu, logvar = self.posterior(pooled).chunk(2, dim=-1)
@@ -183,6 +200,8 @@ class Seq2SeqVAE(nn.Module):
 
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z = mu + sigma * noise, in fp32: under bf16 a small sigma next to mu ~ 1 would round away."""
+        mu, logvar = mu.float(), logvar.float()
         noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * noise
 
@@ -191,14 +210,18 @@ class Seq2SeqVAE(nn.Module):
         """z [B,Z] -> the decoder's cross-attention memory [B,M,D] and its all-ones mask [B,M]."""
         width = self.backbone.config.d_model
         if self.latent_to_memory is not None:
-            memory = self.latent_to_memory(z).view(z.shape[0], self.config.memory_states, width)
+            memory = self.latent_to_memory(z).view(z.shape[0], self.config.memory_states, width).to(self._backbone_dtype)
         else:
             # Embedding-only injection: one constant memory state, so cross-attention carries nothing.
             # Prefix injection: the backbone's forward wants encoder states, but the prefix hook
             # drops them before the decoder runs.
-            memory = z.new_zeros(z.shape[0], 1, width)
+            memory = z.new_zeros(z.shape[0], 1, width, dtype=self._backbone_dtype)
         mask = torch.ones(memory.shape[:2], dtype=torch.long, device=z.device)
         return BaseModelOutput(last_hidden_state=memory), mask
+
+    @property
+    def _backbone_dtype(self) -> torch.dtype:
+        return self.backbone.get_input_embeddings().weight.dtype
 
     def _decoder_embeddings(self, decoder_input_ids: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Decoder input embeddings [B,T,D] with z's projection added to every position."""
@@ -221,7 +244,7 @@ class Seq2SeqVAE(nn.Module):
         """Context in which decoder calls see z's key/value prefix (prefix injection; else a no-op)."""
         if self.latent_to_prefix is None:
             return contextlib.nullcontext()
-        return self.latent_to_prefix.attached(self.backbone.get_decoder(), z)
+        return self.latent_to_prefix.attached(self.backbone.get_decoder(), z, self._backbone_dtype)
 
     @staticmethod
     def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -386,13 +409,15 @@ class Seq2SeqVAE(nn.Module):
         directory = Path(directory)
         config = saved_vae_config(directory)
         refuse_pickled_weights(directory)
-        backbone = AutoModelForSeq2SeqLM.from_pretrained(
-            directory / BACKBONE_SUBDIR, **{"use_safetensors": True, **backbone_kwargs}
-        )
+        backbone_dir = directory / BACKBONE_SUBDIR
+        backbone_config = AutoConfig.from_pretrained(backbone_dir)
+        backbone = pretrained_backbone(backbone_dir, backbone_config, **{"use_safetensors": True, **backbone_kwargs})
         vae = cls(backbone, config, saved_tokenizer(directory))
         heads = load_file(directory / HEADS_FILE)
         missing, unexpected = vae.load_state_dict(heads, strict=False)
         missing = [k for k in missing if not k.startswith("backbone.")]
         if missing or unexpected:
             raise ValueError(f"{directory / HEADS_FILE}: missing {missing}, unexpected {unexpected}")
-        return vae.to(backbone.dtype)
+        vae = vae.to(backbone.dtype).eval()  # as transformers' from_pretrained returns its models
+        check_model(vae)
+        return vae

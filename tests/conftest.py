@@ -70,6 +70,34 @@ def tiny_bart_dir(tokenizer_dir, tmp_path_factory) -> Path:
     return save_tiny_vae("bart", tokenizer_dir, tmp_path_factory.mktemp("models") / "tiny-bart")
 
 
+def save_flan_like_backbone(tokenizer_dir: Path, directory: Path) -> Path:
+    """A tiny T5 v1.1 / Flan-T5 lookalike: gated-gelu, untied LM head saved with values different from the
+    embedding, dropout 0.1, and its tokenizer beside it (usable as `model.backbone=<directory>`)."""
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.1,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(config)
+    with torch.no_grad():  # transformers 5 ties T5's head whatever the config says: give it its own values
+        model.lm_head.weight = torch.nn.Parameter(torch.randn(len(tokenizer), 64) * 0.05)
+    assert not torch.equal(model.lm_head.weight, model.shared.weight)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def flan_like_dir(tokenizer_dir, tmp_path_factory) -> Path:
+    """A saved tiny Flan-T5-like backbone (untied head that differs from the embedding), with its tokenizer."""
+    return save_flan_like_backbone(tokenizer_dir, tmp_path_factory.mktemp("backbones") / "flan-like")
+
+
 # Hand-countable T5 (see test_model_shape.py): vocabulary 100, D 8, 2 heads x 4, FFN 16 (ReLU, two
 # matrices), one encoder and one decoder layer, LM head tied to the embedding.
 TINY_T5 = dict(

@@ -196,3 +196,39 @@ def test_only_the_seq2vae_import_root_is_installed():
     for name in packages:
         folder = ROOT.joinpath(*name.split(".")[1:])
         assert (folder / "__init__.py").is_file(), folder
+
+
+def _requirements():
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return [Requirement(line) for line in project["dependencies"] + project["optional-dependencies"]["test"]]
+
+
+def _constraints() -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def test_every_dependency_is_bounded_and_pinned_within_its_bounds():
+    """A release we never ran cannot arrive unnoticed: each requirement has an upper bound, and the
+    tested version of each (constraints.txt, what CI installs) lies inside its range."""
+    from packaging.utils import canonicalize_name
+
+    pins = _constraints()
+    for requirement in _requirements():
+        assert any(spec.operator in ("<", "<=", "==", "~=") for spec in requirement.specifier), requirement
+        pinned = pins[canonicalize_name(requirement.name)]
+        assert requirement.specifier.contains(pinned), (requirement, pinned)
+
+
+def test_ci_installs_through_the_constraints_file():
+    installs = [line for line in (ROOT / ".ci/run").read_text().splitlines() if "pip install" in line
+                and not line.lstrip().startswith("#") and "apt" not in line]
+    assert installs and all("-c constraints.txt" in line for line in installs), installs

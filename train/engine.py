@@ -17,8 +17,9 @@ import torch
 
 from ..model import Seq2SeqVAE, VAEConfig, build_vae
 from ..model.build import backbone_config
+from ..model.invariants import check_model
 from .config import TrainConfig
-from ..distributed import World, model_construction, zero_stage
+from ..distributed import World, model_construction, parameter_reader, zero_stage
 from .ds_config import resolved_ds_config
 from .freezing import optimizer_param_groups, skip_frozen_groups
 from ..checkpoint.init_from import load_init_weights, resolve_init_from
@@ -76,7 +77,23 @@ def build_engine(config: TrainConfig, world: World, ds_config_path: Path | None 
     )
     optimizer = engine.basic_optimizer
     skip_frozen_groups(optimizer)
+    # After initialize: ZeRO-3's forward hooks gather parameters from here on (all ranks run it).
+    check_model(vae, parameter_reader(stage))
     return Engine(engine, vae, groups, optimizer, ds_config, stage, hf_ds_config)
+
+
+def has_gradient(parameter: torch.nn.Parameter) -> bool:
+    """Whether `parameter` received a non-zero gradient in this step's backward (any ZeRO stage).
+
+    Call on all ranks, for the same parameters in the same order, after the last backward of a step and
+    before `engine.step()`: under ZeRO the gradient lives in partitions and is assembled collectively.
+    """
+    from deepspeed.utils import safe_get_full_grad
+
+    if not parameter.requires_grad:  # frozen: autograd computed none (ZeRO holds zeros for it)
+        return False
+    gradient = safe_get_full_grad(parameter)
+    return gradient is not None and bool(torch.count_nonzero(gradient))
 
 
 def set_learning_rate(optimizer, lr: float) -> None:

@@ -28,6 +28,7 @@ from ..data.noising import apply_noise, mask_token_id_for, protected_token_ids
 from ..data.stream import ShardError, build_loader, read_split
 from ..distributed import any_rank
 from ..evaluation import active_units, validate
+from ..model.invariants import check_gradients
 from ..model.objective import vae_loss
 from ..checkpoint.saving import (
     capture_rng,
@@ -39,7 +40,7 @@ from ..checkpoint.saving import (
 )
 from .config import PhaseConfig, TrainConfig, gradient_accumulation_steps, validate_train_config
 from ..distributed import World, barrier, init_world, set_collective_timeout
-from .engine import build_engine, set_learning_rate
+from .engine import build_engine, has_gradient, set_learning_rate
 from .freezing import set_frozen
 from .monitor import make_monitor
 from .failures import agree_on_user_error
@@ -165,6 +166,7 @@ class Trainer:
             self.world.is_main, self.run_dir, self.step, config.total_steps, config.logging.progress_bar
         )
         self._phase_index: int | None = None
+        self._gradients_checked_in_phase: int | None = None  # the first step of each phase checks them
         self.throughput = make_throughput_window(config, self.parts.vae, self.world.device)
 
     # ------------------------------------------------------------------------------------ state
@@ -231,7 +233,10 @@ class Trainer:
         set_learning_rate(self.parts.optimizer, lr_at(self.config.optim, self.step, self.config.total_steps))
         totals = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "kl_thresholded": 0.0}
         skipped, data_wait, num_tokens, num_samples, num_source_tokens = False, 0.0, 0, 0, 0
-        for _ in range(self.accumulation):
+        # Dropout on: transformers' from_pretrained returns eval mode, and validation leaves it there.
+        self.engine.train()
+        check_gradients_now = self._gradients_checked_in_phase != self._phase_index
+        for micro_step in range(self.accumulation):
             batch, wait = self._next_batch()
             data_wait += wait
             batch = apply_noise(
@@ -253,6 +258,9 @@ class Trainer:
                 loss = loss * float("nan")
                 skipped = True
             self.engine.backward(loss)
+            if check_gradients_now and micro_step == self.accumulation - 1:  # gradients are whole before step
+                self.monitor.message(check_gradients(self.parts.groups, has_gradient, phase.freeze))
+                self._gradients_checked_in_phase = self._phase_index
             self.engine.step()
             for key in totals:
                 totals[key] += float(parts[key]) / self.accumulation
@@ -360,6 +368,7 @@ class Trainer:
         if not self.validation_batches:
             return None
         settings = self.config.validation
+        self.engine.eval()  # no dropout in validation; the next train_step switches back
         batches = [{k: v.to(self.world.device) for k, v in batch.items()} for batch in self.validation_batches]
         metrics = validate(
             self.engine.module,

@@ -26,7 +26,7 @@ def test_json_shape_and_a_fitting_11b_run_on_four_nodes(backbone_dirs, capsys):
         "deepspeed=zero3", "data.micro_batch_size=4", "--nodes", "4", "--gpus-per-node", "8", "--max-length", "256", "--gpu", "H100",
     )
     assert code == 0 and plan["fits"] is True and plan["problems"] == []
-    assert 11.0e9 < plan["parameters"] < 11.01e9
+    assert 11.13e9 < plan["parameters"] < 11.14e9  # flan-t5-xxl with its untied LM head
     per_rank = plan["per_rank"]
     assert set(per_rank) >= {"model_states_bytes", "activation_bytes", "total_bytes"}
     assert per_rank["total_bytes"] == per_rank["model_states_bytes"] + per_rank["activation_bytes"]

@@ -12,6 +12,8 @@ import json
 import math
 
 import pytest
+import torch
+
 
 TOTAL_STEPS = 12  # configs/debug-zero3.yaml: 4 autoencoder steps (decoder frozen) + 8 VAE steps
 
@@ -45,6 +47,13 @@ def test_zero3_prefix_run_trains_and_evaluates(data_overrides, launch, tmp_path)
     assert export_main([str(run_dir), "--output", str(exported)]) == 0
     vae = Seq2SeqVAE.from_pretrained(exported)
     assert vae.config.injection == "prefix" and vae.latent_to_prefix is not None
+    # The trained decoder reads z (transformers 5.24 silently dropped the prefix cache, and this moved nothing).
+    encoded = vae.tokenizer(["the old man reads a book", "a dog ran"], padding=True, return_tensors="pt")
+    labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+    z = torch.randn(2, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        moved = vae.log_likelihood(z, labels) - vae.log_likelihood(z + 1.0, labels)
+    assert moved.abs().min() > 1e-3, moved
 
     output = tmp_path / "eval.json"
     data = str(data_overrides[0].split("=", 1)[1])
