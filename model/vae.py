@@ -32,7 +32,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from .config import VAEConfig, with_dropout
+from .config import VAEConfig, with_dropout, with_fused_activation
 from .objective import gaussian_kl_per_dim
 from .pooling import Pooler
 from .prefix import PrefixInjection
@@ -125,7 +125,7 @@ class Seq2SeqVAE(nn.Module):
     def from_backbone(cls, name_or_path: str, tokenizer: str | None = None, **vae_settings) -> "Seq2SeqVAE":
         """Loads pretrained backbone weights (hub name on a cluster, local directory anywhere)."""
         config = VAEConfig(backbone=name_or_path, tokenizer=tokenizer, **vae_settings)
-        backbone_config = with_dropout(AutoConfig.from_pretrained(name_or_path), config.dropout)
+        backbone_config = with_fused_activation(with_dropout(AutoConfig.from_pretrained(name_or_path), config.dropout))
         backbone = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, config=backbone_config)
         return cls(backbone, config, AutoTokenizer.from_pretrained(tokenizer or name_or_path))
 
