@@ -1,7 +1,10 @@
 """Instruments a live `Trainer` (no edits to it): host-device syncs per step, and the step-time split.
 
 Used by bench/gpu_smoke.py (GPU and its CPU dry run), bench/bench_train.py and
-tests/train/test_host_syncs.py.
+tests/train/test_host_syncs.py. As a script it trains one run in this process (a world of one) and
+writes the report, with every step's record, as JSON:
+
+    python bench/step_probe.py OUT.json CONFIG.yaml [key=value ...]
 
 Host syncs are counted where they happen: every call of a `torch.Tensor` method that makes the host
 wait for the device's queue to drain (`item`, `tolist`, `cpu`, `numpy`, `__bool__`, `__float__`,
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import os
 import statistics
 import sys
 import time
@@ -31,11 +36,16 @@ import torch
 SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
 
 
+def _package_dir(module) -> str:
+    # As imported (not resolved): frames name their files the way the import found them.
+    return os.path.dirname(module.__file__) + os.sep
+
+
 def _host_side_prefixes() -> tuple[str, ...]:
     import seq2vae.data
     import torch.utils.data
 
-    return (str(Path(seq2vae.data.__file__).resolve().parent), str(Path(torch.utils.data.__file__).resolve().parent))
+    return (_package_dir(seq2vae.data), _package_dir(torch.utils.data))
 
 
 class HostSyncCounter:
@@ -43,11 +53,18 @@ class HostSyncCounter:
 
     def __init__(self) -> None:
         self.count = 0
+        self.own_count = 0  # of those, made by seq2vae's own code (not DeepSpeed, torch or transformers)
         self.wait_s = 0.0
         self.by_caller: dict[str, int] = defaultdict(int)
         self._depth = 0
         self._originals: list[tuple[object, str, object]] = []
         self._host_side = _host_side_prefixes()
+        # On CPU every tensor counts (what the same call would cost on a GPU: an upper bound, e.g.
+        # torch AdamW's step counters are host tensors on a GPU too).
+        self._skip_host_tensors = torch.cuda.is_available()
+        import seq2vae
+
+        self._own = _package_dir(seq2vae)
 
     @contextlib.contextmanager
     def paused(self):
@@ -65,6 +82,8 @@ class HostSyncCounter:
         def counted(*args, **kwargs):
             if counter._depth:
                 return function(*args, **kwargs)
+            if counter._skip_host_tensors and args and isinstance(args[0], torch.Tensor) and args[0].device.type == "cpu":
+                return function(*args, **kwargs)  # with a GPU present, a host tensor's read waits for nothing
             caller = sys._getframe(1).f_code.co_filename
             if any(caller.startswith(prefix) for prefix in counter._host_side):
                 return function(*args, **kwargs)
@@ -75,12 +94,13 @@ class HostSyncCounter:
             finally:
                 counter.wait_s += time.perf_counter() - started
                 counter.count += 1
+                counter.own_count += caller.startswith(counter._own)
                 counter.by_caller[f"{Path(caller).name}:{sys._getframe(1).f_lineno}:{function.__name__}"] += 1
                 counter._depth -= 1
 
         return counted
 
-    def __enter__(self) -> "HostSyncCounter":
+    def __enter__(self) -> HostSyncCounter:
         targets = [(torch.Tensor, name) for name in SYNC_METHODS] + [(torch.cuda, "synchronize")]
         for owner, name in targets:
             original = getattr(owner, name)
@@ -129,7 +149,7 @@ class StepProbe:
     for the length of a `with` block; `report()` summarises steps from `warmup_steps` on.
 
     Per step it records the syncs counted since the previous step began (so a step's count includes
-    its logging, validation and saving) and whether it was a logging step.
+    its logging, validation and saving) and whether it was a plain step (none of those three).
     """
 
     def __init__(self, trainer, warmup_steps: int = 2) -> None:
@@ -166,7 +186,7 @@ class StepProbe:
 
         return make
 
-    def __enter__(self) -> "StepProbe":
+    def __enter__(self) -> StepProbe:
         trainer, engine = self.trainer, self.trainer.engine
         self._stack.enter_context(self.syncs)
         self._patch(engine, "forward", self._timed_engine_call("forward"))
@@ -192,15 +212,26 @@ class StepProbe:
                 every = trainer.config.logging.every_steps
                 self._current = {
                     "step": step, "logging": step % every == 0 or step == trainer.config.total_steps,
-                    "syncs": self.syncs.count, "host_waits_s": self.syncs.wait_s, "data_s": 0.0,
+                    "syncs": self.syncs.count, "own_syncs": self.syncs.own_count, "saved": False,
+                    "validated": False, "host_waits_s": self.syncs.wait_s, "data_s": 0.0,
                     "started": time.perf_counter(),
                 }
                 return original(phase, step_in_phase)
 
             return train_step
 
+        def make_validate(original):
+            def validate():
+                if self._current is not None:
+                    self._current["validated"] = True
+                return original()
+
+            return validate
+
         def make_save(original):
             def save():
+                if self._current is not None:
+                    self._current["saved"] = True
                 started = time.perf_counter()
                 path = original()
                 self.save_s.append(time.perf_counter() - started)
@@ -212,6 +243,7 @@ class StepProbe:
         self._patch(trainer, "_next_batch", make_next_batch)
         self._patch(trainer, "train_step", make_train_step)
         self._patch(trainer, "save", make_save)
+        self._patch(trainer, "validate", make_validate)
         return self
 
     def _close_step(self) -> None:
@@ -221,7 +253,9 @@ class StepProbe:
         self.steps.append({
             "step": current["step"],
             "logging": current["logging"],
+            "plain": not (current["logging"] or current["saved"] or current["validated"]),
             "syncs": self.syncs.count - current["syncs"],
+            "own_syncs": self.syncs.own_count - current["own_syncs"],
             "host_waits_s": self.syncs.wait_s - current["host_waits_s"],
             "data_s": current["data_s"],
             "step_s": time.perf_counter() - current["started"],
@@ -235,7 +269,7 @@ class StepProbe:
     # --------------------------------------------------------------------------- results
     def report(self) -> dict:
         measured = self.steps[self.warmup_steps :]
-        plain = [step for step in measured if not step["logging"]]
+        plain = [step for step in measured if step["plain"]]  # no logging, validation or save
         logging = [step for step in measured if step["logging"]]
         # The last step carries the final save and validation: out of the per-step times.
         timed = [step for step in measured if step is not self.steps[-1]] or measured
@@ -255,10 +289,30 @@ class StepProbe:
             "measured_steps": len(measured),
             "syncs_per_step_max": max((step["syncs"] for step in plain), default=None),
             "syncs_per_step_median": median([step["syncs"] for step in plain]),
+            "own_syncs_per_step_max": max((step["own_syncs"] for step in plain), default=None),
+            "plain_steps": len(plain),
             "syncs_per_logging_step_median": median([step["syncs"] for step in logging]),
+            "own_syncs_per_logging_step_median": median([step["own_syncs"] for step in logging]),
             "split_s_per_step": split,
             "timing": "cuda events" if self.device.type == "cuda" else "host clock",
             "save_s": self.save_s,
             "padding_share": 1 - self.real_tokens / self.padded_tokens if self.padded_tokens else None,
             "sync_callers": dict(sorted(self.syncs.by_caller.items(), key=lambda item: -item[1])[:15]),
         }
+
+
+def main(out: str, config_path: str, *overrides: str) -> None:
+    from seq2vae.train.config import load_train_config
+    from seq2vae.train.trainer import Trainer
+
+    trainer = Trainer(load_train_config(config_path, list(overrides)))
+    with StepProbe(trainer, warmup_steps=1) as probe:
+        summary = trainer.fit()
+    report = probe.report()
+    report["steps"] = probe.steps
+    report["losses"] = summary["losses"]
+    Path(out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
