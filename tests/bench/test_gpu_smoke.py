@@ -37,7 +37,6 @@ def test_carried_wheels_cover_every_requirement(tmp_path):
 
 def test_host_sync_counter_counts_device_reads_not_the_data_pipeline():
     import torch
-
     from seq2vae.data.collate import collate
 
     probe = load_bench("step_probe")
@@ -59,7 +58,7 @@ def test_dry_run_of_the_smoke_script(tmp_path):
     out = tmp_path / "smoke"
     environment = {**os.environ, "SMOKE_BUDGET_S": "420"}
     done = subprocess.run(["bash", str(REPO / "bench" / "gpu_smoke.sh"), "--dry-run", str(out)],
-                          capture_output=True, text=True, env=environment, timeout=600)
+                          capture_output=True, text=True, env=environment, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "datasets imported: False" in (out / "versions.txt").read_text()
     results = json.loads((out / "results.json").read_text())
@@ -74,7 +73,8 @@ def test_dry_run_of_the_smoke_script(tmp_path):
         assert all(split[key] > 0 for key in ("forward", "backward", "optimizer", "data", "step")), split
         assert split["forward"] + split["backward"] < split["step"] * 1.05, split
         assert 0 <= probe["padding_share"] < 0.2  # length-bucketed batches
-        assert probe["syncs_per_step_max"] >= 0 and probe["syncs_per_logging_step_median"] > probe["syncs_per_step_median"]
+        assert probe["plain_steps"] >= 1 and probe["own_syncs_per_step_max"] == 0, probe["sync_callers"]
+        assert probe["own_syncs_per_logging_step_median"] > 0  # logging steps read the device: counted
         assert len(probe["save_s"]) >= 1
     table = (out / "results.md").read_text()
     assert "| zero2 | ok |" in table and "| zero3 | ok |" in table

@@ -24,7 +24,7 @@ def test_plain_steps_make_no_host_sync_of_our_own(launch, data_overrides, tmp_pa
         "validation.num_reconstructions=0",
     ]
     done = subprocess.run([sys.executable, str(PROBE), str(out), str(launch.configs / "debug-zero2.yaml"), *overrides],
-                          env=launch.env(), capture_output=True, text=True, timeout=300)
+                          env=launch.env(), capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, launch.tail(done)
     report = json.loads(out.read_text())
     steps = {step["step"]: step for step in report["steps"]}
