@@ -202,15 +202,6 @@ def zero3_memory(tokenizer_dir: Path, d_model: int, layers: int, precision: str,
 REPO = Path(__file__).resolve().parents[1]
 
 
-def checkout_package(revision: str, directory: Path) -> Path:
-    """`revision` of this repository as an import root holding the package `seq2vae`."""
-    package = directory / "seq2vae"
-    package.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(package)], input=archive, check=True)
-    return directory
-
-
 def probe_run(import_root: Path, workdir: Path, name: str, shards: Path, tokenizer_dir: Path, steps: int) -> dict:
     """One world-of-one training run of the code under `import_root`, measured by bench/step_probe.py."""
     out = workdir / f"{name}.json"
@@ -254,8 +245,9 @@ def bench_host_syncs(workdir: Path, before: str, steps: int) -> None:
     corpus = write_jsonl(workdir / "corpus.jsonl", 4000, seed=1)
     shards = workdir / "shards"
     write_shards([str(corpus)], shards, str(workdir / "tokenizer"), valid_fraction=0.05, shard_size=1000, progress=False)
-    roots = {"before": checkout_package(before, workdir / "before"), "after": REPO.parent / ".roots" / REPO.name
-             if (REPO.parent / ".roots" / REPO.name).is_dir() else checkout_package("HEAD", workdir / "after")}
+    from revisions import checkout_package, this_checkout
+
+    roots = {"before": checkout_package(before, workdir / "before"), "after": this_checkout(workdir / "after")}
     results = {}
     for name in ("before", "after", "before", "after"):  # interleaved: drift hits both alike
         run = probe_run(roots[name], workdir, f"{name}-{len(results)}", shards, workdir / "tokenizer", steps)
