@@ -18,6 +18,7 @@ import contextlib
 import os
 import re
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -197,6 +198,34 @@ def model_construction(ds_config: dict[str, Any]) -> tuple[contextlib.AbstractCo
 
     keep_alive = HfDeepSpeedConfig(ds_config)  # before zero.Init: from_pretrained reads it while it lives
     return deepspeed.zero.Init(config_dict_or_path=ds_config), keep_alive
+
+
+def resident_under_zero3(parameters: Iterable[torch.nn.Parameter]) -> contextlib.AbstractContextManager:
+    """A context in which ZeRO-3 partitioned `parameters` are gathered once and stay whole.
+
+    ZeRO-3 gathers a module's parameters before each forward and frees them after it, except those
+    marked `ds_persist` (DeepSpeed's own small-parameter persistence): token-by-token generation
+    would all-gather the decoder once per token. Marked persistent for the block, they are
+    all-gathered once at entry and partitioned again at exit. A collective: every rank enters with
+    the same parameters. Parameters not partitioned by ZeRO-3 (no `ds_id`): a no-op.
+    """
+    partitioned = [p for p in parameters if hasattr(p, "ds_id") and not p.ds_persist]
+    if not partitioned:
+        return contextlib.nullcontext()
+    return _resident(partitioned)
+
+
+@contextlib.contextmanager
+def _resident(partitioned: list[torch.nn.Parameter]):
+    partitioned[0].all_gather(param_list=partitioned)
+    for parameter in partitioned:
+        parameter.ds_persist = True
+    try:
+        yield
+    finally:
+        for parameter in partitioned:
+            parameter.ds_persist = False
+        partitioned[0].partition(param_list=partitioned)
 
 
 def barrier() -> None:

@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from seq2vae.data.shards import MetaError, load_meta, write_shards
 from seq2vae.data.sources import InputError
 from seq2vae.data.stream import read_split
@@ -222,10 +221,9 @@ def test_field_messages_say_what_is_wrong(tmp_path, tokenizer_dir, caplog):
 
 def test_a_damaged_tar_header_is_corrupt_and_a_cut_file_truncated(shard_dir, tmp_path):
     import shutil
+    import tarfile
 
     from seq2vae.data.stream import ShardError
-
-    import tarfile
 
     with tarfile.open(shard_dir / "train-000000.tar") as archive:
         middle = archive.getmembers()[30].offset  # a member header in the middle of the shard
@@ -247,7 +245,6 @@ def test_encode_ids_is_byte_for_byte_np_save():
     import io
 
     import numpy as np
-
     from seq2vae.data.shards import decode_ids, encode_ids
 
     generator = np.random.default_rng(0)
