@@ -49,7 +49,7 @@ def worker(model_dir: str, max_new_tokens: int, out: str) -> None:
     results = {}
     for name, context in (("per token (ZeRO-3 hooks)", contextlib.nullcontext), ("resident for the call", None)):
         if context is not None:  # the old path: greedy_decode without the resident block
-            harness.resident_under_zero3 = lambda parameters: contextlib.nullcontext()
+            harness.resident_under_zero3 = lambda parameters, device: contextlib.nullcontext()
         else:
             from seq2vae.distributed import resident_under_zero3
 

@@ -243,8 +243,8 @@ def _generation_parameters(vae) -> list[torch.nn.Parameter]:
 def greedy_decode(vae, z: torch.Tensor, max_new_tokens: int) -> list[list[int]]:
     """z [B,Z] -> greedy token ids per row (decoder start removed, cut after EOS). Under ZeRO-3 the
     decoder is gathered once for the call, not once per generated token."""
-    _, dtype = _device_and_dtype(vae)
-    with resident_under_zero3(_generation_parameters(vae)):
+    device, dtype = _device_and_dtype(vae)
+    with resident_under_zero3(_generation_parameters(vae), device):
         ids = vae.generate(z.to(dtype), **_generation_kwargs(max_new_tokens))
     eos = vae.backbone.config.eos_token_id
     return [_strip_generated(row, eos) for row in ids.tolist()]
