@@ -19,6 +19,7 @@ import os
 import re
 import socket
 from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -208,6 +209,53 @@ def parameter_reader(stage: int) -> Callable[[list], contextlib.AbstractContextM
     import deepspeed
 
     return lambda params: deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
+def resident_under_zero3(
+    parameters: Iterable[torch.nn.Parameter], device: torch.device
+) -> contextlib.AbstractContextManager:
+    """A context in which ZeRO-3 partitioned `parameters` are gathered once and stay whole.
+
+    ZeRO-3 gathers a module's parameters before each forward and frees them after it; outside a
+    training step its trace never completes, and then even `ds_persist` parameters are freed, so
+    token-by-token generation all-gathers the decoder once per token. The release hook keeps
+    parameters marked `is_external_param` (DeepSpeed 0.19 partitioned_param_coordinator.
+    release_sub_module): marked for the block, they are all-gathered once at entry and partitioned
+    again at exit. Only when every rank's GPU has room for them (1.25x their bytes free; always on
+    CPU): ZeRO-3 is chosen for evaluation when a replica does not fit, and half of it may not
+    either. A collective: every rank enters with the same parameters. Parameters not partitioned by
+    ZeRO-3 (no `ds_id`): a no-op.
+    """
+    partitioned = [p for p in parameters if hasattr(p, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    fits = True
+    if device.type == "cuda":
+        needed = sum(p.ds_numel * p.element_size() for p in partitioned)
+        fits = 1.25 * needed < torch.cuda.mem_get_info(device)[0]
+    if not all_ranks(fits, collective_device(device)):
+        return contextlib.nullcontext()
+    return _resident(partitioned)
+
+
+@contextlib.contextmanager
+def _resident(partitioned: list[torch.nn.Parameter]):
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    missing = [p for p in partitioned if p.ds_status == ZeroParamStatus.NOT_AVAILABLE]
+    if missing:
+        missing[0].all_gather(param_list=missing)
+    external = [parameter.is_external_param for parameter in partitioned]
+    for parameter in partitioned:
+        parameter.is_external_param = True
+    try:
+        yield
+    finally:
+        for parameter, was_external in zip(partitioned, external, strict=True):
+            parameter.is_external_param = was_external
+        available = [p for p in partitioned if p.ds_status == ZeroParamStatus.AVAILABLE]
+        if available:
+            available[0].partition(param_list=available)
 
 
 def barrier() -> None:

@@ -143,13 +143,52 @@ def bench_accelerator_share(shards: Path, batch_size: int, steps: int, step_seco
         report_share(f"num_workers={workers}", waits, totals)
 
 
+SHARD_TIMER = """
+import sys, time
+from seq2vae.data.shards import write_shards
+started = time.perf_counter()
+write_shards([sys.argv[1]], sys.argv[2], sys.argv[3], valid_fraction=0.05, shard_size=2000, max_length=64, progress=False)
+print(time.perf_counter() - started)
+"""
+
+
+def bench_shard_before_after(revision: str, sentences: int) -> None:
+    """`write_shards` of one corpus by this checkout and by `revision`, interleaved, 3 runs each."""
+    import os
+    import subprocess
+    import sys
+
+    from revisions import checkout_package, this_checkout
+
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        tokenizer_dir = scratch / "tokenizer"
+        train_tokenizer((row["text"] for row in generate_corpus(3000, seed=0)), tokenizer_dir, vocab_size=1000)
+        corpus = write_jsonl(scratch / "corpus.jsonl", sentences, seed=1)
+        roots = {revision: checkout_package(revision, scratch / "before"), "this checkout": this_checkout(scratch / "after")}
+        seconds: dict[str, list[float]] = {name: [] for name in roots}
+        for run in range(3):
+            for name, root in roots.items():
+                out = scratch / f"shards-{len(seconds[name])}-{run}-{abs(hash(name))}"
+                done = subprocess.run([sys.executable, "-c", SHARD_TIMER, str(corpus), str(out), str(tokenizer_dir)],
+                                      env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, check=True)
+                seconds[name].append(float(done.stdout.split()[-1]))
+        medians = {name: statistics.median(values) for name, values in seconds.items()}
+        for name, value in medians.items():
+            print(f"sharding {sentences} sentences, {name}: {value:.2f} s (median of 3; {sentences / value:.0f} sentences/s)")
+        print(f"sharding this checkout / {revision}: {medians['this checkout'] / medians[revision]:.3f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sentences", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20, help="training steps timed per worker setting")
     parser.add_argument("--stream-batches", type=int, default=200)
+    parser.add_argument("--shard-before", metavar="REV", help="only time sharding: this checkout against REV")
     args = parser.parse_args()
+    if args.shard_before:
+        return bench_shard_before_after(args.shard_before, args.sentences)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         tokenizer_dir = scratch / "tokenizer"

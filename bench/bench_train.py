@@ -5,7 +5,12 @@
 2. Per-rank memory of parameters + optimizer state: ZeRO-3 on 2 ranks vs 1 rank without sharding
    (plain AdamW), counted from the tensors each rank really holds after one step. Goal: <= 0.6x.
 
-    python bench/bench_train.py [--d-model 256] [--layers 4] [--steps 20]
+3. Host-device syncs per plain step (no logging, validation or save), counted by bench/step_probe.py
+   around the real Trainer, and its median plain-step time: this checkout against `--before REV`
+   (default main), each a world of one on the debug ZeRO-2 config; and the padding share of the
+   shipped configs' batches with and without length bucketing.
+
+    python bench/bench_train.py [--d-model 256] [--layers 4] [--steps 20] [--only syncs] [--before main]
 
 CPU by default (DS_ACCELERATOR=cpu, gloo); the ZeRO-3 half runs this file under torchrun.
 """
@@ -193,11 +198,83 @@ def zero3_memory(tokenizer_dir: Path, d_model: int, layers: int, precision: str,
     return [json.loads(out.with_suffix(f".rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
+# ------------------------------------------------------------------------------------------- host syncs
+REPO = Path(__file__).resolve().parents[1]
+
+
+def probe_run(import_root: Path, workdir: Path, name: str, shards: Path, tokenizer_dir: Path, steps: int) -> dict:
+    """One world-of-one training run of the code under `import_root`, measured by bench/step_probe.py."""
+    out = workdir / f"{name}.json"
+    overrides = [
+        f"data.train={shards}", f"model.tokenizer={tokenizer_dir}", f"run_dir={workdir / name}", "resume=never",
+        "phases.0.steps=2", f"phases.1.steps={steps - 2}", "logging.every_steps=5", "checkpoint.every_steps=1000",
+        "validation.every_steps=0", "validation.max_batches=1", "data.micro_batch_size=16",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(import_root), "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, str(REPO / "bench" / "step_probe.py"), str(out), str(REPO / "configs" / "debug-zero2.yaml"), *overrides]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name}: {(done.stdout + done.stderr)[-3000:]}")
+    report = json.loads(out.read_text())
+    plain = [step for step in report["steps"][1:] if step["plain"]]
+    return {
+        "own_syncs": statistics.median(step["own_syncs"] for step in plain),
+        "all_syncs": statistics.median(step["syncs"] for step in plain),
+        "step_s": statistics.median(step["step_s"] for step in plain),
+        "plain_steps": len(plain),
+    }
+
+
+def padding_share(shards: Path, micro_batch_size: int, length_bucketing: bool, batches: int = 60) -> float:
+    from seq2vae.data.stream import build_loader
+
+    loader = build_loader(str(shards), "train", rank=0, world_size=1, batch_size=micro_batch_size, seed=0,
+                          pad_token_id=0, shuffle_buffer=1000, length_bucketing=length_bucketing)
+    real = padded = 0
+    for _ in range(batches):
+        mask = next(loader)["attention_mask"]
+        real, padded = real + int(mask.sum()), padded + mask.numel()
+    loader.close()
+    return 1 - real / padded
+
+
+def bench_host_syncs(workdir: Path, before: str, steps: int) -> None:
+    from seq2vae.data.shards import write_shards
+    from seq2vae.data.synthetic import write_jsonl
+
+    corpus = write_jsonl(workdir / "corpus.jsonl", 4000, seed=1)
+    shards = workdir / "shards"
+    write_shards([str(corpus)], shards, str(workdir / "tokenizer"), valid_fraction=0.05, shard_size=1000, progress=False)
+    from revisions import checkout_package, this_checkout
+
+    roots = {"before": checkout_package(before, workdir / "before"), "after": this_checkout(workdir / "after")}
+    results = {}
+    for name in ("before", "after", "before", "after"):  # interleaved: drift hits both alike
+        run = probe_run(roots[name], workdir, f"{name}-{len(results)}", shards, workdir / "tokenizer", steps)
+        results.setdefault(name, []).append(run)
+    for name, runs in results.items():
+        print(f"host syncs  {name:6s} ({before if name == 'before' else 'this checkout'}): per plain step ours "
+              f"{runs[0]['own_syncs']:.0f}, all {runs[0]['all_syncs']:.0f} (DeepSpeed, transformers, torch included); "
+              f"plain step {statistics.median(r['step_s'] for r in runs) * 1e3:.0f} ms (median of 2 runs x "
+              f"{runs[0]['plain_steps']} steps)")
+    ratio = statistics.median(r["step_s"] for r in results["after"]) / statistics.median(r["step_s"] for r in results["before"])
+    print(f"host syncs  plain-step time after / before: {ratio:.3f}x (CPU: a sync costs nothing here; the count is the GPU's cost)")
+    for config in ("t5-base-recipe", "quickstart", "flan-t5-xl-1node"):
+        import yaml
+
+        micro = yaml.safe_load((REPO / "configs" / f"{config}.yaml").read_text())["data"]["micro_batch_size"]
+        off, on = padding_share(shards, micro, False), padding_share(shards, micro, True)
+        print(f"padding     {config} (micro batch {micro}): padding share of source tokens {off:.3f} without "
+              f"bucketing, {on:.3f} with (synthetic corpus)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--only", choices=["steps", "memory", "syncs"], help="run one section")
+    parser.add_argument("--before", default="main", help="revision the host-sync section compares against")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
@@ -213,6 +290,9 @@ def main() -> None:
         tokenizer = make_tokenizer(workdir / "tokenizer")
         print(f"backbone: random T5, d_model {args.d_model}, {args.layers}+{args.layers} layers; "
               f"batch {BATCH_SIZE} x {SEQUENCE_LENGTH} tokens; latent {LATENT_DIM}; threads {torch.get_num_threads()}")
+        if args.only == "syncs":
+            bench_host_syncs(workdir, args.before, args.steps)
+            return
         timing = bench_step_time(tokenizer, args.d_model, args.layers, args.steps)
         print(f"step time   VAE {timing['vae_step_s'] * 1e3:.1f} ms  seq2seq {timing['seq2seq_step_s'] * 1e3:.1f} ms  "
               f"ratio {timing['ratio']:.3f}x (goal <= 1.10x)  [params {timing['vae_params']:,} vs {timing['seq2seq_params']:,}]")

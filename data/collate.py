@@ -39,3 +39,9 @@ def collate(samples: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tenso
         {"input_ids" [B,S], "attention_mask" [B,S], "labels" [B,S]}, all int64.
     """
     return {key: torch.from_numpy(value) for key, value in collate_numpy(samples, pad_token_id).items()}
+
+
+def token_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(source tokens, target tokens) of a batch still on the host: attention-mask ones, and labels
+    that are not IGNORE_INDEX. Counted before the copy to the device, so reading them costs no sync."""
+    return int(batch["attention_mask"].sum()), int((batch["labels"] != IGNORE_INDEX).sum())

@@ -29,7 +29,15 @@ from tqdm import tqdm
 from ..config import ConfigError, doc
 from ..data.collate import collate
 from .rounds import plan_rounds
-from ..distributed import all_ranks, any_rank, collective_device, gather_objects, max_over_ranks, rank_and_world
+from ..distributed import (
+    all_ranks,
+    any_rank,
+    collective_device,
+    gather_objects,
+    max_over_ranks,
+    rank_and_world,
+    resident_under_zero3,
+)
 from .metrics import (
     active_units,
     count_predicted_tokens,
@@ -223,10 +231,21 @@ def _strip_generated(ids: list[int], eos_token_id: int | None) -> list[int]:
     return ids
 
 
+def _generation_parameters(vae) -> list[torch.nn.Parameter]:
+    """What `generate` runs: the decoder, the LM head and the VAE's own heads (not the encoder)."""
+    backbone = vae.backbone
+    chosen = {id(p): p for p in backbone.get_decoder().parameters()}
+    chosen.update((id(p), p) for p in backbone.get_output_embeddings().parameters())
+    chosen.update((id(p), p) for name, p in vae.named_parameters() if not name.startswith("backbone."))
+    return list(chosen.values())
+
+
 def greedy_decode(vae, z: torch.Tensor, max_new_tokens: int) -> list[list[int]]:
-    """z [B,Z] -> greedy token ids per row (decoder start removed, cut after EOS)."""
-    _, dtype = _device_and_dtype(vae)
-    ids = vae.generate(z.to(dtype), **_generation_kwargs(max_new_tokens))
+    """z [B,Z] -> greedy token ids per row (decoder start removed, cut after EOS). Under ZeRO-3 the
+    decoder is gathered once for the call, not once per generated token."""
+    device, dtype = _device_and_dtype(vae)
+    with resident_under_zero3(_generation_parameters(vae), device):
+        ids = vae.generate(z.to(dtype), **_generation_kwargs(max_new_tokens))
     eos = vae.backbone.config.eos_token_id
     return [_strip_generated(row, eos) for row in ids.tolist()]
 

@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from ..config import ConfigError
 from .backbone import head_is_untied
-from .config import VAEConfig, with_dropout
+from .config import VAEConfig, with_dropout, with_fused_activation
 from .debug import DEBUG_BACKBONES, debug_backbone_config
 from .vae import Seq2SeqVAE
 
@@ -25,8 +25,10 @@ def backbone_config(config: VAEConfig, tokenizer=None) -> PretrainedConfig:
     if config.backbone in DEBUG_BACKBONES:
         if tokenizer is None:  # not `or`: a tokenizer's truth value is its vocabulary size
             tokenizer = load_tokenizer(config)
-        return with_dropout(debug_backbone_config(config.backbone.removeprefix("debug-"), tokenizer), config.dropout)
-    return with_dropout(AutoConfig.from_pretrained(config.backbone), config.dropout)
+        backbone = debug_backbone_config(config.backbone.removeprefix("debug-"), tokenizer)
+    else:
+        backbone = AutoConfig.from_pretrained(config.backbone)
+    return with_fused_activation(with_dropout(backbone, config.dropout))
 
 
 def build_vae(config: VAEConfig, pretrained_weights: bool = True) -> Seq2SeqVAE:

@@ -65,6 +65,22 @@ class VAEConfig:
 DROPOUT_ATTRIBUTES = ("dropout_rate", "dropout", "attention_dropout", "activation_dropout")
 
 
+# Flan-T5 / T5 v1.1 ("gated-gelu") name `gelu_new`: the tanh approximation written as ~5 elementwise
+# kernels that keep about 4x their input alive for backward. `gelu_pytorch_tanh` is the same function
+# (equal to bf16 rounding, tests/model/test_activation.py) in one kernel that saves only its input.
+FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
+ACTIVATION_ATTRIBUTES = ("dense_act_fn", "activation_function")  # T5 family, BART family
+
+
+def with_fused_activation(backbone_config: PretrainedConfig) -> PretrainedConfig:
+    """`backbone_config` with an activation that has a fused equal (FUSED_ACTIVATIONS) switched to it."""
+    for name in ACTIVATION_ATTRIBUTES:
+        current = getattr(backbone_config, name, None)
+        if current in FUSED_ACTIVATIONS:
+            setattr(backbone_config, name, FUSED_ACTIVATIONS[current])
+    return backbone_config
+
+
 def with_dropout(backbone_config: PretrainedConfig, dropout: float | None) -> PretrainedConfig:
     """`backbone_config` with every dropout probability it has set to `dropout` (None: unchanged)."""
     if dropout is not None:

@@ -33,7 +33,7 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrained
 from transformers.modeling_outputs import BaseModelOutput
 
 from .backbone import backbone_from_config, head_is_untied, pretrained_backbone
-from .config import VAEConfig, with_dropout
+from .config import VAEConfig, with_dropout, with_fused_activation
 from .invariants import check_model
 from .objective import gaussian_kl_per_dim
 from .pooling import Pooler
@@ -131,7 +131,7 @@ class Seq2SeqVAE(nn.Module):
     def from_backbone(cls, name_or_path: str, tokenizer: str | None = None, **vae_settings) -> "Seq2SeqVAE":
         """Loads pretrained backbone weights (hub name on a cluster, local directory anywhere)."""
         config = VAEConfig(backbone=name_or_path, tokenizer=tokenizer, **vae_settings)
-        backbone_config = with_dropout(AutoConfig.from_pretrained(name_or_path), config.dropout)
+        backbone_config = with_fused_activation(with_dropout(AutoConfig.from_pretrained(name_or_path), config.dropout))
         backbone = pretrained_backbone(name_or_path, backbone_config)  # LM head as the checkpoint has it
         return cls(backbone, config, AutoTokenizer.from_pretrained(tokenizer or name_or_path))
 

@@ -78,6 +78,10 @@ _BUCKET_RULES = {
     "stage3_prefetch_bucket_size": lambda d: int(0.9 * d * d),
     "stage3_param_persistence_threshold": lambda d: 10 * d,
 }
+# On GPUs d^2 elements (1M for d_model 1024) is far below the message size NCCL needs for full bus
+# bandwidth: a 780M-parameter backbone would reduce in ~750 launches per backward. 50M elements
+# (200 MB of fp32 gradients, two buckets with overlap_comm) takes 16; DeepSpeed's own default is 500M.
+GPU_REDUCE_BUCKET_ELEMENTS = 50_000_000
 
 
 class DeepSpeedConfigError(UserError, ValueError):
@@ -183,8 +187,8 @@ def resolve_ds_config(
 
     Args:
         template: parsed DeepSpeed JSON, possibly with `"auto"` values.
-        d_model: backbone width D; sizes the ZeRO buckets (reduce D^2, stage-3 prefetch 0.9 D^2,
-            stage-3 persistence threshold 10 D).
+        d_model: backbone width D; sizes the ZeRO buckets (reduce D^2, at least
+            GPU_REDUCE_BUCKET_ELEMENTS on CUDA; stage-3 prefetch 0.9 D^2, stage-3 persistence threshold 10 D).
         micro_batch_size, gradient_accumulation_steps, world_size: the batch geometry;
             train_batch_size = micro x accumulation x world.
         optim: AdamW hyper-parameters and gradient clipping.
@@ -193,7 +197,9 @@ def resolve_ds_config(
         device_type: "cuda" or "cpu"; `zero_optimization.overlap_comm: "auto"` is on for CUDA only (it
             overlaps NCCL on a side stream with backward; CPU ranks have no streams to overlap).
         ranks_per_node: ranks on one node; `zero_optimization.zero_hpz_partition_size: "auto"` becomes
-            it on a multi-node world (hpZ: backward all-gathers stay inside the node), 1 otherwise.
+            it on a multi-node world (hpZ: backward all-gathers stay inside the node), 1 otherwise; an
+            absent or "auto" `communication_data_type` becomes "fp32" on a multi-node bf16 world
+            (gradients summed in fp32), DeepSpeed's default (the model dtype) otherwise.
     Raises:
         DeepSpeedConfigError naming the key: unknown keys, explicit values contradicting the training
         config, fp16 (T5 overflows in it), a DeepSpeed scheduler (the trainer drives the lr), an
@@ -234,10 +240,20 @@ def resolve_ds_config(
     for key, rule in _BUCKET_RULES.items():
         if zero.get(key) == "auto":
             zero[key] = rule(d_model)
+            if key == "reduce_bucket_size" and device_type == "cuda":
+                zero[key] = max(zero[key], GPU_REDUCE_BUCKET_ELEMENTS)
+    multi_node = ranks_per_node is not None and world_size > ranks_per_node
+    if config.get("communication_data_type", "auto") == "auto":
+        # DeepSpeed sums gradients across ranks in the model dtype by default: bf16's 8-bit mantissa
+        # over 32+ ranks of inter-node reductions loses the small gradients. fp32 costs twice the
+        # bytes; inside one node (NVLink) the default bf16 stays.
+        if multi_node and precision == "bf16":
+            config["communication_data_type"] = "fp32"
+        else:
+            config.pop("communication_data_type", None)
     if zero.get("overlap_comm") == "auto":
         zero["overlap_comm"] = device_type == "cuda"
     if zero.get("zero_hpz_partition_size") == "auto":
-        multi_node = ranks_per_node is not None and world_size > ranks_per_node
         zero["zero_hpz_partition_size"] = ranks_per_node if multi_node else 1
 
     leftover = _find_auto(config)

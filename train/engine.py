@@ -58,6 +58,10 @@ def build_engine(config: TrainConfig, world: World, ds_config_path: Path | None 
     if ds_config_path is not None and world.is_main:
         ds_config_path.write_text(json.dumps(ds_config, indent=2) + "\n")
     stage = zero_stage(ds_config)
+    if world.device.type == "cuda":
+        # fp32 matmuls (precision=fp32, fp32 heads) on the tensor cores as TF32: the peak MFU assumes.
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(config.seed)
     # Built before any ZeRO-3 context: the partition-independent source of a random backbone's weights.
     random_start = init_source is None and has_random_backbone(config.model)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..config import save_config
-from ..data.collate import collate
+from ..data.collate import collate, token_counts
 from ..data.noising import apply_noise, mask_token_id_for, protected_token_ids
 from ..data.stream import ShardError, build_loader, read_split
 from ..distributed import any_rank
@@ -76,16 +76,20 @@ class SkipCounter:
             )
 
 
+LOSS_PARTS = ("loss", "recon", "kl", "kl_thresholded")
+
+
 @dataclass
 class StepResult:
-    parts: dict[str, float]  # loss, recon, kl, kl_thresholded: means over micro-batches and ranks
+    parts: torch.Tensor  # [len(LOSS_PARTS)] on the device: this rank's means over micro-batches
+    beta: float
     skipped: bool  # the optimizer step was not applied (on every rank)
     num_tokens: int  # target tokens this rank processed in the step
     num_samples: int
     data_wait_s: float
     step_time_s: float
-    kl_per_dim: torch.Tensor  # [Z] batch mean of the last micro-batch
-    mu: torch.Tensor  # [B,Z] of the last micro-batch
+    kl_per_dim: torch.Tensor  # [Z] batch mean of the last micro-batch (on the device)
+    mu: torch.Tensor  # [B,Z] of the last micro-batch (on the device)
     num_source_tokens: int = 0  # encoder input tokens (after noising) this rank processed in the step
     dropped_by_deepspeed: bool = False  # skipped by DeepSpeed itself: every loss was finite, the gradient norm not
 
@@ -226,13 +230,24 @@ class Trainer:
         agree_on_user_error(error, self.world.device)
         return batch, time.perf_counter() - started
 
+    def is_logging_step(self, step: int) -> bool:
+        """Whether `step` (1-based, as after the step) writes scalars: the steps that read device values."""
+        return step % self.config.logging.every_steps == 0 or step == self.config.total_steps
+
     def train_step(self, phase: PhaseConfig, step_in_phase: int) -> StepResult:
-        """One optimizer step: `accumulation` micro-batches, forward, agreed finiteness, backward, step."""
+        """One optimizer step: `accumulation` micro-batches, forward, backward, step.
+
+        The host never waits for the device here, except on logging steps: loss parts, KL and mu stay
+        on the device (read by `log` on logging steps), token counts come from the host copy of the
+        batch, and a non-finite loss is handled without asking the host (below).
+        """
         started = time.perf_counter()
+        device = self.world.device
         beta = beta_at(phase.beta, step_in_phase, phase.steps)
         set_learning_rate(self.parts.optimizer, lr_at(self.config.optim, self.step, self.config.total_steps))
-        totals = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "kl_thresholded": 0.0}
-        skipped, data_wait, num_tokens, num_samples, num_source_tokens = False, 0.0, 0, 0, 0
+        totals = torch.zeros(len(LOSS_PARTS), dtype=torch.float32, device=device)  # LOSS_PARTS, micro-batch means
+        non_finite = torch.zeros((), dtype=torch.bool, device=device)
+        data_wait, num_tokens, num_samples, num_source_tokens = 0.0, 0, 0, 0
         # Dropout on: transformers' from_pretrained returns eval mode, and validation leaves it there.
         self.engine.train()
         check_gradients_now = self._gradients_checked_in_phase != self._phase_index
@@ -243,48 +258,58 @@ class Trainer:
                 batch, phase.deletion_rate, phase.masking_rate, self.mask_token_id, self.pad_token_id, self.noise_generator,
                 keep_ids=self.protected_token_ids,
             )
-            batch = {key: value.to(self.world.device) for key, value in batch.items()}
+            num_samples += int(batch["labels"].shape[0])
+            source_tokens, target_tokens = token_counts(batch)  # on the host: no device sync
+            num_source_tokens += source_tokens
+            num_tokens += target_tokens
+            # Pinned (torch's caching host allocator reuses the buffers), so the copy is asynchronous and
+            # the host goes on queueing kernels; noising made new tensors, hence here, not in the loader.
+            pinned = device.type == "cuda"
+            batch = {key: (value.pin_memory() if pinned else value).to(device, non_blocking=pinned) for key, value in batch.items()}
             output = self.engine(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
                 sample=phase.latent == "sample",
             )
             loss, parts = vae_loss(output.recon_nll, output.kl_per_dim, beta, phase.free_bits, phase.free_bits_mode)
-            # All ranks agree before anyone steps: a rank alone skipping would desynchronise ZeRO.
-            non_finite = any_rank(not bool(torch.isfinite(loss)), self.world.device)
-            if non_finite:
-                # A NaN loss makes every gradient NaN, and DeepSpeed discards an optimizer step whose
-                # global gradient norm is not finite (on every rank, since the norm is all-reduced).
-                # Running backward/step keeps the engine's accumulation bookkeeping intact.
-                loss = loss * float("nan")
-                skipped = True
+            # A non-finite loss on any rank must skip the step on every rank without a host round trip:
+            # scaling the loss by NaN makes every gradient of this rank NaN (0 * NaN included); the
+            # gradients are summed over ranks, so DeepSpeed's all-reduced global norm is NaN on every
+            # rank and every rank drops the step (was_step_applied() is False). Running backward/step
+            # keeps the engine's accumulation bookkeeping intact.
+            finite = torch.isfinite(loss)
+            non_finite |= ~finite
+            loss = loss * torch.where(finite, 1.0, float("nan"))
             self.engine.backward(loss)
             if check_gradients_now and micro_step == self.accumulation - 1:  # gradients are whole before step
                 self.monitor.message(check_gradients(self.parts.groups, has_gradient, phase.freeze))
                 self._gradients_checked_in_phase = self._phase_index
             self.engine.step()
-            for key in totals:
-                totals[key] += float(parts[key]) / self.accumulation
-            num_tokens += int(output.num_tokens.sum())
-            num_samples += int(batch["labels"].shape[0])
-            num_source_tokens += int(batch["attention_mask"].sum())
-        applied = self.engine.was_step_applied()
-        if skipped and applied:
-            raise RuntimeError("internal: DeepSpeed applied an optimizer step the trainer meant to skip")
-        # DeepSpeed drops a step itself when the global gradient norm is not finite though every loss was
-        # (inf/NaN gradients of a finite loss; fp16 loss-scale overflow elsewhere). The norm is all-reduced,
-        # so every rank drops the step and counts it.
-        dropped = not skipped and not applied
-        totals["beta"] = beta
+            totals += torch.stack([parts[key].detach().float() for key in LOSS_PARTS]) / self.accumulation
+        applied = self.engine.was_step_applied()  # host state: DeepSpeed has already decided
+        skipped = dropped = False
+        if not applied:
+            # Rare path (one sync, one collective on every rank, since every rank dropped the step):
+            # our own non-finite loss on some rank, or DeepSpeed's drop of a step whose losses were all
+            # finite (inf/NaN gradients of a finite loss; fp16 loss-scale overflow elsewhere).
+            skipped = any_rank(bool(non_finite), device)
+            dropped = not skipped
+        elif self.is_logging_step(self.step + 1) and any_rank(bool(non_finite), device):
+            raise RuntimeError("internal: DeepSpeed applied an optimizer step whose loss was not finite")
+        if self.is_logging_step(self.step + 1) and device.type == "cuda":
+            # The host ran ahead of the device since the last logging step; the window's time must
+            # include the device catching up (perf/tokens_per_s sums these step times).
+            torch.cuda.synchronize(device)
         return StepResult(
             parts=totals,
+            beta=beta,
             skipped=skipped or dropped,
             dropped_by_deepspeed=dropped,
             num_tokens=num_tokens,
             num_samples=num_samples,
             data_wait_s=data_wait,
             step_time_s=time.perf_counter() - started,
-            kl_per_dim=output.kl_per_dim.detach().float().mean(0).cpu(),
-            mu=output.mu.detach().float().cpu(),
+            kl_per_dim=output.kl_per_dim.detach().float().mean(0),
+            mu=output.mu.detach().float(),
             num_source_tokens=num_source_tokens,
         )
 
@@ -311,10 +336,16 @@ class Trainer:
         return {"memory/max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / gib}
 
     def log(self, result: StepResult) -> None:
-        """Scalars averaged over ranks (a collective: every rank calls it at the same steps)."""
-        step, logging = self.step, self.config.logging
+        """Scalars averaged over ranks (a collective: every rank calls it at the same steps). Only
+        logging steps read device values; the others only count tokens and time."""
+        step = self.step
         self.throughput.add(result.num_source_tokens, result.num_tokens, result.step_time_s)
-        train = {f"train/{key}": value for key, value in result.parts.items()}
+        if not self.is_logging_step(step):
+            self.monitor.progress({"beta": result.beta})
+            return
+        parts = dict(zip(LOSS_PARTS, result.parts.tolist()))
+        train = {f"train/{key}": value for key, value in parts.items()}
+        train["train/beta"] = result.beta
         grad_norm = self.engine.get_global_grad_norm()
         train["train/grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         lr = max(group["lr"] for group in self.parts.optimizer.param_groups)
@@ -327,21 +358,19 @@ class Trainer:
             "perf/data_wait_share": result.data_wait_s / result.step_time_s,
             "perf/step_time": result.step_time_s,
         }
-        if step % logging.every_steps and step != self.config.total_steps:
-            self.monitor.progress({"loss": result.parts["loss"], "kl": result.parts["kl"], "beta": result.parts["beta"]})
-            return
         averaged = self._mean_over_ranks(per_step)
         averaged["train/lr"], averaged["train/skipped_steps"] = lr, float(self.skips.total)
         averaged["data/skipped_samples"] = round(averaged["data/skipped_samples"] * self.world.size)  # the sum
+        mu = result.mu.cpu()
         # This rank's last micro-batch: a cheap trend; validation reports AU over the whole held-out set.
-        averaged["latent/active_units"] = float(active_units(result.mu).count) if result.mu.shape[0] > 1 else 0.0
+        averaged["latent/active_units"] = float(active_units(mu).count) if mu.shape[0] > 1 else 0.0
         averaged.update(self._memory())
         averaged.update(self.throughput.report())  # tokens/s over the window, MFU, memory max over ranks
         self.monitor.scalars(step, averaged)
-        self.monitor.histogram(step, "latent/kl_per_dim", result.kl_per_dim)
-        if logging.histogram_every and step % logging.histogram_every == 0:
-            self.monitor.histogram(step, "latent/mu", result.mu)
-        self.monitor.progress({"loss": averaged["train/loss"], "kl": averaged["train/kl"], "beta": result.parts["beta"]})
+        self.monitor.histogram(step, "latent/kl_per_dim", result.kl_per_dim.cpu())
+        if self.config.logging.histogram_every and step % self.config.logging.histogram_every == 0:
+            self.monitor.histogram(step, "latent/mu", mu)
+        self.monitor.progress({"loss": averaged["train/loss"], "kl": averaged["train/kl"], "beta": result.beta})
 
     # ------------------------------------------------------------------------------------ validation
     def _validation_batches(self) -> tuple[list[dict[str, torch.Tensor]], str | None]:
@@ -392,7 +421,7 @@ class Trainer:
         config = self.config
         if self._validation_note:
             self.monitor.message(self._validation_note)
-        last: dict[str, float] = {}
+        last: StepResult | None = None
         validation: dict[str, float] | None = None
         status, checkpoint = "completed", self.resumed_from
         first_step = self.step  # of this process: 0, or the step it resumed at
@@ -407,7 +436,7 @@ class Trainer:
                 self.step += 1
                 self.record_skip(result)
                 self.log(result)
-                last = result.parts
+                last = result
                 end_of_phase = step_in_phase + 1 == phase.steps
                 if config.validation.every_steps and self.step % config.validation.every_steps == 0:
                     validation = self.validate()
@@ -432,7 +461,7 @@ class Trainer:
             "status": status,
             "exit_code": REQUEUE_EXIT_CODE if status == "preempted" else 0,
             "final_step": self.step,
-            "losses": last,
+            "losses": {**dict(zip(LOSS_PARTS, last.parts.tolist())), "beta": last.beta} if last else {},
             "validation": validation,
             "skipped_steps": self.skips.total,
             "run_dir": str(self.run_dir),

@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from seq2vae.data.shards import MetaError, load_meta, write_shards
 from seq2vae.data.sources import InputError
 from seq2vae.data.stream import read_split
@@ -222,10 +221,9 @@ def test_field_messages_say_what_is_wrong(tmp_path, tokenizer_dir, caplog):
 
 def test_a_damaged_tar_header_is_corrupt_and_a_cut_file_truncated(shard_dir, tmp_path):
     import shutil
+    import tarfile
 
     from seq2vae.data.stream import ShardError
-
-    import tarfile
 
     with tarfile.open(shard_dir / "train-000000.tar") as archive:
         middle = archive.getmembers()[30].offset  # a member header in the middle of the shard
@@ -241,3 +239,31 @@ def test_a_damaged_tar_header_is_corrupt_and_a_cut_file_truncated(shard_dir, tmp
         shard.write_bytes(bytes(data))
         with pytest.raises(ShardError, match=expected):
             list(read_split(copy, "train"))
+
+
+def test_encode_ids_is_byte_for_byte_np_save():
+    import io
+
+    import numpy as np
+    from seq2vae.data.shards import decode_ids, encode_ids
+
+    generator = np.random.default_rng(0)
+    for length in (1, 7, 7, 31, 300, 5000):
+        ids = generator.integers(0, 32000, size=length)  # int64 in: stored as int32, as before
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(ids, dtype=np.int32), allow_pickle=False)
+        assert encode_ids(ids) == buffer.getvalue()
+        assert np.array_equal(decode_ids(encode_ids(ids)), ids)
+    strided = np.arange(20, dtype=np.int32)[::2]  # a non-contiguous view
+    assert np.array_equal(decode_ids(encode_ids(strided)), strided)
+
+
+def test_ustar_headers_are_what_tarfile_writes():
+    import tarfile
+
+    from seq2vae.data.shards import _ustar_header
+
+    for name, size in (("train_0000000000.input_ids.npy", 168), ("valid_0000000042.text", 0), ("x" * 100, 2**33 - 1)):
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o444, "seq2vae", "seq2vae"
+        assert _ustar_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")

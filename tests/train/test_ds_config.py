@@ -46,6 +46,22 @@ def test_bucket_sizes_follow_d_model():
     assert zero["stage3_param_persistence_threshold"] == 10 * 1024
 
 
+def test_gpu_reduce_buckets_are_large_and_multi_node_bf16_sums_gradients_in_fp32():
+    from seq2vae.train.ds_config import GPU_REDUCE_BUCKET_ELEMENTS
+
+    template, _ = load_ds_template("zero2")
+    gpu = resolve(template, d_model=1024, world_size=16, device_type="cuda", ranks_per_node=8)
+    assert gpu["zero_optimization"]["reduce_bucket_size"] == GPU_REDUCE_BUCKET_ELEMENTS > 1024**2
+    assert gpu["communication_data_type"] == "fp32"
+    one_node = resolve(template, d_model=1024, world_size=8, device_type="cuda", ranks_per_node=8)
+    assert "communication_data_type" not in one_node  # DeepSpeed's default: the model dtype (bf16)
+    fp32 = resolve(template, d_model=1024, world_size=16, device_type="cuda", ranks_per_node=8, precision="fp32")
+    assert "communication_data_type" not in fp32
+    explicit = resolve({**template, "communication_data_type": "bf16"}, world_size=16, device_type="cuda", ranks_per_node=8)
+    assert explicit["communication_data_type"] == "bf16"  # asked for: kept
+    assert resolve(template, d_model=1024)["zero_optimization"]["reduce_bucket_size"] == 1024**2  # CPU
+
+
 def test_offload_config_is_explicit_about_pinning_and_clipping():
     template, _ = load_ds_template("zero3_offload")
     zero = template["zero_optimization"]

@@ -1,0 +1,38 @@
+"""Steps that do not wait on the host: outside logging, validation and save steps, seq2vae's own code
+makes no host-device sync (counted by bench/step_probe.py around the real Trainer; DeepSpeed's and
+transformers' own are reported, not ours to remove)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROBE = Path(__file__).resolve().parents[2] / "bench" / "step_probe.py"
+
+
+@pytest.mark.slow
+def test_plain_steps_make_no_host_sync_of_our_own(launch, data_overrides, tmp_path):
+    out = tmp_path / "probe.json"
+    overrides = [
+        *data_overrides, f"run_dir={tmp_path / 'run'}", "resume=never", "phases.0.steps=2", "phases.1.steps=6",
+        "logging.every_steps=4", "checkpoint.every_steps=100", "validation.every_steps=0", "validation.max_batches=1",
+        "validation.num_reconstructions=0",
+    ]
+    done = subprocess.run([sys.executable, str(PROBE), str(out), str(launch.configs / "debug-zero2.yaml"), *overrides],
+                          env=launch.env(), capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, launch.tail(done)
+    report = json.loads(out.read_text())
+    steps = {step["step"]: step for step in report["steps"]}
+    plain = [number for number, step in steps.items() if step["plain"] and number > 1]
+    assert plain == [3, 5, 6, 7], steps  # 2: end-of-phase save; 4, 8: logging (8: final save and validation)
+    assert [steps[number]["own_syncs"] for number in plain] == [0, 0, 0, 0], report["sync_callers"]
+    # The counter sees reads where they are: logging steps read the loss parts, grad norm, mu and KL.
+    assert steps[4]["own_syncs"] >= 3 and steps[8]["own_syncs"] > steps[4]["own_syncs"], steps
+    # Loss parts kept on the device still reach the summary as the last step's numbers.
+    assert set(report["losses"]) == {"loss", "recon", "kl", "kl_thresholded", "beta"}
+    assert all(math.isfinite(value) for value in report["losses"].values())
