@@ -14,9 +14,11 @@ damaged files; an explicit `--resume PATH` to a damaged checkpoint fails naming 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,9 @@ from .durability import DamagedCheckpointError, atomic_write_text, checkpoint_pr
 from .reshard import check_reshardable, restore_zero3_groups, saved_world_size, universal_checkpoint
 
 LATEST_FILE = "latest"
+# The last save's duration, from which `seq2vae slurm render` derives the warning lead before the time
+# limit (seq2vae.slurm.signal_lead reads it).
+SAVE_TIMING_FILE = "save_timing.json"
 TAG_PREFIX = "step_"
 DAMAGED_PREFIX = "damaged-"
 RUN_CONFIG_FILE = "config.yaml"  # the resolved training config every run directory holds
@@ -138,26 +143,33 @@ def resolve_resume(resume: str, checkpoints_dir: Path, world: World | None = Non
     return _verified(path, world, look_only)
 
 
-def capture_rng(noise_generator: torch.Generator) -> dict[str, Any]:
-    """This rank's random states: python, numpy, torch (CPU, CUDA) and the noising generator."""
+def capture_rng(noise_generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """This rank's random states: python, numpy, torch CPU, its own CUDA device and the noising generator.
+
+    Only `device`'s CUDA state: each rank draws on its own GPU, and `get_rng_state_all` would initialise
+    a CUDA context on every visible GPU of the node from every rank.
+    """
     state = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
         "noise": noise_generator.get_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng(state: dict[str, Any], noise_generator: torch.Generator) -> None:
+def restore_rng(state: dict[str, Any], noise_generator: torch.Generator, device: torch.device) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     noise_generator.set_state(state["noise"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        cuda_state = state["cuda"]
+        if isinstance(cuda_state, (list, tuple)):  # checkpoints before 2026-12 held every device's state
+            cuda_state = cuda_state[device.index or 0]
+        torch.cuda.set_rng_state(cuda_state, device)
 
 
 def _prune(checkpoints_dir: Path, keep_last: int, keep: Path) -> None:
@@ -175,15 +187,18 @@ def save_checkpoint(
     rank_state: dict[str, Any],
     keep_last: int,
     world: World,
+    step_seconds: float = 0.0,
 ) -> Path:
     """Saves on ALL ranks (a collective). `rank_state` is gathered so each rank can restore its own.
 
     Args:
         shared_state: identical on every rank (step, phase, skip counters).
         rank_state: this rank's data-loader position and RNG states.
+        step_seconds: the last optimizer step's time, recorded with the save's own (SAVE_TIMING_FILE).
     Returns:
         the checkpoint directory.
     """
+    started = time.perf_counter()
     tag = checkpoint_tag(step)
     path = checkpoints_dir / tag
     client_state = {**shared_state, "world_size": world.size, "ranks": gather_objects(rank_state)}
@@ -197,6 +212,9 @@ def save_checkpoint(
     seal_checkpoint(path, world.rank, world.size)  # fsync + manifest: the checkpoint is now complete
     if world.is_main:
         atomic_write_text(checkpoints_dir / LATEST_FILE, tag + "\n")
+        # Rank 0 waited for every rank at each barrier: its wall time is the slowest rank's save.
+        timing = {"step": step, "save_seconds": round(time.perf_counter() - started, 3), "step_seconds": round(step_seconds, 3)}
+        atomic_write_text(checkpoints_dir / SAVE_TIMING_FILE, json.dumps(timing) + "\n")
         _prune(checkpoints_dir, keep_last, keep=path)
     barrier()  # nobody races ahead while rank 0 prunes
     return path

@@ -121,6 +121,7 @@ class Trainer:
         # an 11B backbone to load.
         check_before_run(config, world_size_from_environment())
         self.stop_request = StopRequest().install()
+        self._last_step_seconds = 0.0  # recorded with each save, for the SLURM warning lead
         self.world: World = init_world(config.startup_timeout_s)  # until the first step; see fit
         self.run_dir = Path(config.run_dir)
         self.run_lock = hold_run_directory(self.run_dir, self.world)  # one run per directory
@@ -178,7 +179,7 @@ class Trainer:
         self.step = shared["step"]
         self.skips.consecutive, self.skips.total = shared["consecutive_skips"], shared["total_skips"]
         if "rng" in mine:
-            restore_rng(mine["rng"], self.noise_generator)
+            restore_rng(mine["rng"], self.noise_generator, self.world.device)
         else:  # resumed on another world size: fresh per-rank streams, distinct from those of step 0
             seed = (self.config.seed * 1_000_003 + self.step) * 1_000_003 + self.world.rank
             _seed_everything(seed)
@@ -199,9 +200,10 @@ class Trainer:
             "consecutive_skips": self.skips.consecutive,
             "total_skips": self.skips.total,
         }
-        rank_state = {"data": self.loader.state_dict(), "rng": capture_rng(self.noise_generator)}
+        rank_state = {"data": self.loader.state_dict(), "rng": capture_rng(self.noise_generator, self.world.device)}
         return save_checkpoint(
-            self.engine, self.checkpoints_dir, self.step, shared, rank_state, self.config.checkpoint.keep_last, self.world
+            self.engine, self.checkpoints_dir, self.step, shared, rank_state, self.config.checkpoint.keep_last, self.world,
+            step_seconds=self._last_step_seconds,
         )
 
     # ------------------------------------------------------------------------------------ steps
@@ -399,10 +401,12 @@ class Trainer:
                 self.record_skip(result)
                 self.log(result)
                 last = result.parts
+                self._last_step_seconds = result.step_time_s
                 end_of_phase = step_in_phase + 1 == phase.steps
-                if config.validation.every_steps and self.step % config.validation.every_steps == 0:
-                    validation = self.validate()
+                # Before validation: after a stop signal the time left until SIGKILL is for the save.
                 stop = any_rank(self.stop_request.requested, self.world.device)
+                if not stop and config.validation.every_steps and self.step % config.validation.every_steps == 0:
+                    validation = self.validate()
                 if stop or self.step == config.stop_at_step:
                     status = "preempted" if stop else "stopped"
                     checkpoint = self.save()

@@ -302,3 +302,9 @@ def test_planned_save_time_assumes_a_write_speed_per_node():
     assert signal_lead(None, seconds).seconds == 120  # the floor
     one_node = checkpoint_write_seconds(14 * 11_000_000_000, nodes=1)
     assert signal_lead(None, one_node).seconds == math.ceil(2 * one_node) == 287
+
+
+def test_the_renderer_reads_the_save_timing_file_the_trainer_writes():
+    from seq2vae.checkpoint.saving import SAVE_TIMING_FILE as WRITTEN
+
+    assert SAVE_TIMING_FILE == WRITTEN
