@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,16 @@ def _prune(checkpoints_dir: Path, keep_last: int, keep: Path) -> None:
             shutil.rmtree(path)
 
 
+@dataclass
+class PendingCheckpoint:
+    """A checkpoint whose files are still being written (asynchronous save): not complete, not `latest`."""
+
+    path: Path
+    step: int
+    started: float  # time.perf_counter() when the save began
+    step_seconds: float
+
+
 def save_checkpoint(
     engine,
     checkpoints_dir: Path,
@@ -196,8 +207,23 @@ def save_checkpoint(
         rank_state: this rank's data-loader position and RNG states.
         step_seconds: the last optimizer step's time, recorded with the save's own (SAVE_TIMING_FILE).
     Returns:
-        the checkpoint directory.
+        the checkpoint directory, complete and named by `latest`.
     """
+    pending = start_checkpoint(engine, checkpoints_dir, step, shared_state, rank_state, world, step_seconds)
+    return finish_checkpoint(engine, pending, checkpoints_dir, keep_last, world)
+
+
+def start_checkpoint(
+    engine,
+    checkpoints_dir: Path,
+    step: int,
+    shared_state: dict[str, Any],
+    rank_state: dict[str, Any],
+    world: World,
+    step_seconds: float = 0.0,
+) -> PendingCheckpoint:
+    """Hands every rank's files to the engine's checkpoint engine (ALL ranks). With a
+    BackgroundCheckpointEngine they are still being written on return; `finish_checkpoint` completes them."""
     started = time.perf_counter()
     tag = checkpoint_tag(step)
     path = checkpoints_dir / tag
@@ -208,16 +234,29 @@ def save_checkpoint(
         shutil.rmtree(path)
     barrier()
     engine.save_checkpoint(str(checkpoints_dir), tag=tag, client_state=client_state, save_latest=False)
+    return PendingCheckpoint(path, step, started, step_seconds)
+
+
+def finish_checkpoint(engine, pending: PendingCheckpoint, checkpoints_dir: Path, keep_last: int, world: World) -> Path:
+    """Waits for this rank's writes, seals the checkpoint, then moves `latest` to it (ALL ranks)."""
+    wait = getattr(engine.checkpoint_engine, "wait", None)
+    if wait is not None:
+        wait()
     barrier()  # every rank has written its shard
-    seal_checkpoint(path, world.rank, world.size)  # fsync + manifest: the checkpoint is now complete
+    seal_checkpoint(pending.path, world.rank, world.size)  # fsync + manifest: the checkpoint is now complete
     if world.is_main:
-        atomic_write_text(checkpoints_dir / LATEST_FILE, tag + "\n")
-        # Rank 0 waited for every rank at each barrier: its wall time is the slowest rank's save.
-        timing = {"step": step, "save_seconds": round(time.perf_counter() - started, 3), "step_seconds": round(step_seconds, 3)}
+        atomic_write_text(checkpoints_dir / LATEST_FILE, pending.path.name + "\n")
+        # Rank 0 waited for every rank at each barrier: its wall time is the slowest rank's save (for an
+        # asynchronous save, an upper bound: it includes the steps trained while the files were written).
+        timing = {
+            "step": pending.step,
+            "save_seconds": round(time.perf_counter() - pending.started, 3),
+            "step_seconds": round(pending.step_seconds, 3),
+        }
         atomic_write_text(checkpoints_dir / SAVE_TIMING_FILE, json.dumps(timing) + "\n")
-        _prune(checkpoints_dir, keep_last, keep=path)
+        _prune(checkpoints_dir, keep_last, keep=pending.path)
     barrier()  # nobody races ahead while rank 0 prunes
-    return path
+    return pending.path
 
 
 def load_checkpoint(engine, path: Path, world: World) -> tuple[dict[str, Any], dict[str, Any]]:
