@@ -15,6 +15,7 @@ The cost is host memory for one copy of this rank's checkpoint state while it is
 
 from __future__ import annotations
 
+import copy
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -22,16 +23,17 @@ import torch
 
 
 def host_copy(state: Any) -> Any:
-    """`state` with every tensor copied to new CPU memory; dicts, lists and tuples rebuilt, other values
-    kept (DeepSpeed's states hold numbers, strings, enums and configs besides tensors)."""
+    """`state` with every tensor copied to new CPU memory; dicts (of any kind), lists and tuples rebuilt,
+    everything else kept as it is (DeepSpeed's states hold numbers, strings, torch.Size, enums, configs)."""
     if isinstance(state, torch.Tensor):
         return state.detach().to("cpu", copy=True)
     if isinstance(state, dict):
-        return type(state)((key, host_copy(value)) for key, value in state.items())
-    if isinstance(state, list):
-        return [host_copy(value) for value in state]
-    if isinstance(state, tuple) and not hasattr(state, "_fields"):
-        return tuple(host_copy(value) for value in state)
+        rebuilt = copy.copy(state)  # keeps OrderedDict / defaultdict and their attributes
+        for key, value in state.items():
+            rebuilt[key] = host_copy(value)
+        return rebuilt
+    if type(state) in (list, tuple):  # not torch.Size or named tuples: they hold no tensors to copy
+        return type(state)(host_copy(value) for value in state)
     return state
 
 
