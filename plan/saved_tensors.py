@@ -58,7 +58,10 @@ def measure_saved_bytes(vae, input_ids: torch.Tensor, attention_mask: torch.Tens
         return tensor
 
     handles = []
-    checkpointed = getattr(vae.backbone, "is_gradient_checkpointing", False)
+    # transformers 5 renamed gradient to activation checkpointing; older releases lack the new name.
+    checkpointed = getattr(vae.backbone, "is_activation_checkpointing", None)
+    if checkpointed is None:
+        checkpointed = vae.backbone.is_gradient_checkpointing
     for name, module in _layer_modules(vae.backbone).items():
         def enter(module, args, kwargs, name=name):
             running.append(name)
