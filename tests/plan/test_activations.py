@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BartConfig, T5Config
-
 from seq2vae.model.config import VAEConfig
 from seq2vae.model.shape import model_shape
 from seq2vae.model.vae import Seq2SeqVAE
 from seq2vae.plan.memory import activation_breakdown
 from seq2vae.plan.saved_tensors import measure_saved_bytes
+from transformers import AutoTokenizer, BartConfig, T5Config
 
 BATCH, LENGTH = 4, 40
 
 
 def backbone(kind: str, tokenizer):
-    special = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    special = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
     if kind == "bart":
         return BartConfig(vocab_size=len(tokenizer), d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                           decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256, max_position_embeddings=128,
