@@ -15,6 +15,13 @@ backward ends, so they are not resident when measured).
     python bench/bench_plan.py [--worlds 1 2 4] [--stages 1 2 3] [--models debug 100m]
 
 Prints one row per setting with the ratio measured / predicted (goal: within 10%).
+
+    python bench/bench_plan.py --activations
+
+compares the planner's activations (`plan.memory.activation_breakdown`, device "cpu") with the
+bytes autograd saves for backward in one training forward (`plan.saved_tensors`), per layer and in
+all, for T5 (relu, gated gelu_new, gated gelu_pytorch_tanh) and BART at two widths, fp32 and bf16,
+with and without activation checkpointing.
 """
 
 from __future__ import annotations
@@ -136,11 +143,80 @@ def prepare(workdir: Path) -> dict[str, tuple[str, str]]:
     return {"debug": ("debug-t5", str(tokenizer_dir)), "100m": (str(model_dir), str(tokenizer_dir))}
 
 
+# (d_model, heads, d_ff, layers per stack, vocabulary, batch, length): the debug width and a t5-base /
+# bart-base width (two layers per stack: per-layer figures do not depend on depth).
+ACTIVATION_SIZES = {"d64": (64, 4, 256, 2, 1000, 4, 48), "d768": (768, 12, 3072, 2, 32128, 2, 128)}
+ACTIVATION_KINDS = ("t5-relu", "t5-gelu_new", "t5-gelu_pytorch_tanh", "bart")
+
+
+def activation_backbone(kind: str, size: str):
+    from transformers import BartConfig, T5Config
+
+    width, heads, ffn, layers, vocabulary, _, _ = ACTIVATION_SIZES[size]
+    if kind == "bart":
+        return BartConfig(vocab_size=vocabulary, d_model=width, encoder_layers=layers, decoder_layers=layers,
+                          encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=ffn,
+                          decoder_ffn_dim=ffn, max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=1,
+                          decoder_start_token_id=1, forced_bos_token_id=None)
+    projection, activation = {"t5-relu": ("relu", "relu"), "t5-gelu_new": ("gated-gelu", "gelu_new"),
+                              "t5-gelu_pytorch_tanh": ("gated-gelu", "gelu_pytorch_tanh")}[kind]
+    config = T5Config(vocab_size=vocabulary, d_model=width, d_kv=width // heads, d_ff=ffn, num_layers=layers,
+                      num_decoder_layers=layers, num_heads=heads, feed_forward_proj=projection, pad_token_id=0,
+                      eos_token_id=1, decoder_start_token_id=0)
+    config.dense_act_fn = activation
+    return config
+
+
+def compare_activations(tokenizer_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from seq2vae.model.config import VAEConfig
+    from seq2vae.model.shape import model_shape
+    from seq2vae.model.vae import Seq2SeqVAE
+    from seq2vae.plan.memory import activation_breakdown
+    from seq2vae.plan.saved_tensors import measure_saved_bytes
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    print("| backbone | width | precision | checkpointing | encoder layer: planned / measured | decoder layer: planned / measured "
+          "| total planned | total measured | planned / measured |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size, (_, _, _, _, vocabulary, batch, length) in ACTIVATION_SIZES.items():
+        input_ids = torch.randint(4, min(vocabulary, len(tokenizer)), (batch, length), generator=torch.Generator().manual_seed(0))
+        for kind in ACTIVATION_KINDS:
+            config = activation_backbone(kind, size)
+            for precision in ("fp32", "bf16"):
+                full = None
+                for checkpointing in (False, True):
+                    vae_config = VAEConfig(backbone="local", latent_dim=32, gradient_checkpointing=checkpointing)
+                    torch.manual_seed(0)
+                    vae = Seq2SeqVAE.from_config(config, tokenizer=tokenizer, config=vae_config)
+                    if precision == "bf16":
+                        vae = vae.to(torch.bfloat16)
+                    saved = measure_saved_bytes(vae, input_ids, torch.ones_like(input_ids), input_ids)
+                    planned = activation_breakdown(model_shape(config, vae_config), batch, length, precision, checkpointing, "cpu")
+                    if checkpointing:
+                        # The layers' inputs plus one layer live again while it is recomputed.
+                        measured = saved.total + max(full.layers("encoder") + full.layers("decoder"))
+                        layers = "inputs only"
+                    else:
+                        full, measured = saved, saved.total
+                        # Layer 1: layer 0 also keeps the relative-position buckets of T5's bias.
+                        layers = (f"{planned.encoder_layer / 2**20:.2f} / {saved.layers('encoder')[1] / 2**20:.2f} MiB | "
+                                  f"{planned.decoder_layer / 2**20:.2f} / {saved.layers('decoder')[1] / 2**20:.2f} MiB")
+                    if checkpointing:
+                        layers = f"{layers} | {layers}"
+                    ratio = planned.total / measured
+                    verdict = "" if abs(ratio - 1) <= 0.10 else " **outside 10%**"
+                    print(f"| {kind} | {size} | {precision} | {'yes' if checkpointing else 'no'} | {layers} | "
+                          f"{planned.total / 2**20:.2f} MiB | {measured / 2**20:.2f} MiB | {ratio:.3f}{verdict} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--models", nargs="+", default=["debug", "100m"])
+    parser.add_argument("--activations", action="store_true", help="compare planned and measured activations instead")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backbone", help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
@@ -149,6 +225,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         worker(args)
+        return
+    if args.activations:
+        from seq2vae.data.synthetic import generate_corpus
+        from seq2vae.data.tokenizer import train_tokenizer
+
+        with tempfile.TemporaryDirectory() as tmp:
+            train_tokenizer((row["text"] for row in generate_corpus(1000, seed=0)), Path(tmp), vocab_size=1000)
+            compare_activations(Path(tmp))
         return
     from seq2vae.distributed import free_port
 

@@ -14,9 +14,12 @@ damaged files; an explicit `--resume PATH` to a damaged checkpoint fails naming 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,9 @@ from .durability import DamagedCheckpointError, atomic_write_text, checkpoint_pr
 from .reshard import check_reshardable, restore_zero3_groups, saved_world_size, universal_checkpoint
 
 LATEST_FILE = "latest"
+# The last save's duration, from which `seq2vae slurm render` derives the warning lead before the time
+# limit (seq2vae.slurm.signal_lead reads it).
+SAVE_TIMING_FILE = "save_timing.json"
 TAG_PREFIX = "step_"
 DAMAGED_PREFIX = "damaged-"
 RUN_CONFIG_FILE = "config.yaml"  # the resolved training config every run directory holds
@@ -138,26 +144,33 @@ def resolve_resume(resume: str, checkpoints_dir: Path, world: World | None = Non
     return _verified(path, world, look_only)
 
 
-def capture_rng(noise_generator: torch.Generator) -> dict[str, Any]:
-    """This rank's random states: python, numpy, torch (CPU, CUDA) and the noising generator."""
+def capture_rng(noise_generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """This rank's random states: python, numpy, torch CPU, its own CUDA device and the noising generator.
+
+    Only `device`'s CUDA state: each rank draws on its own GPU, and `get_rng_state_all` would initialise
+    a CUDA context on every visible GPU of the node from every rank.
+    """
     state = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
         "noise": noise_generator.get_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng(state: dict[str, Any], noise_generator: torch.Generator) -> None:
+def restore_rng(state: dict[str, Any], noise_generator: torch.Generator, device: torch.device) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     noise_generator.set_state(state["noise"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        cuda_state = state["cuda"]
+        if isinstance(cuda_state, (list, tuple)):  # checkpoints before 2026-12 held every device's state
+            cuda_state = cuda_state[device.index or 0]
+        torch.cuda.set_rng_state(cuda_state, device)
 
 
 def _prune(checkpoints_dir: Path, keep_last: int, keep: Path) -> None:
@@ -165,6 +178,16 @@ def _prune(checkpoints_dir: Path, keep_last: int, keep: Path) -> None:
     for path in tags[:-keep_last]:
         if path != keep:
             shutil.rmtree(path)
+
+
+@dataclass
+class PendingCheckpoint:
+    """A checkpoint whose files are still being written (asynchronous save): not complete, not `latest`."""
+
+    path: Path
+    step: int
+    started: float  # time.perf_counter() when the save began
+    step_seconds: float
 
 
 def save_checkpoint(
@@ -175,15 +198,33 @@ def save_checkpoint(
     rank_state: dict[str, Any],
     keep_last: int,
     world: World,
+    step_seconds: float = 0.0,
 ) -> Path:
     """Saves on ALL ranks (a collective). `rank_state` is gathered so each rank can restore its own.
 
     Args:
         shared_state: identical on every rank (step, phase, skip counters).
         rank_state: this rank's data-loader position and RNG states.
+        step_seconds: the last optimizer step's time, recorded with the save's own (SAVE_TIMING_FILE).
     Returns:
-        the checkpoint directory.
+        the checkpoint directory, complete and named by `latest`.
     """
+    pending = start_checkpoint(engine, checkpoints_dir, step, shared_state, rank_state, world, step_seconds)
+    return finish_checkpoint(engine, pending, checkpoints_dir, keep_last, world)
+
+
+def start_checkpoint(
+    engine,
+    checkpoints_dir: Path,
+    step: int,
+    shared_state: dict[str, Any],
+    rank_state: dict[str, Any],
+    world: World,
+    step_seconds: float = 0.0,
+) -> PendingCheckpoint:
+    """Hands every rank's files to the engine's checkpoint engine (ALL ranks). With a
+    BackgroundCheckpointEngine they are still being written on return; `finish_checkpoint` completes them."""
+    started = time.perf_counter()
     tag = checkpoint_tag(step)
     path = checkpoints_dir / tag
     client_state = {**shared_state, "world_size": world.size, "ranks": gather_objects(rank_state)}
@@ -193,13 +234,29 @@ def save_checkpoint(
         shutil.rmtree(path)
     barrier()
     engine.save_checkpoint(str(checkpoints_dir), tag=tag, client_state=client_state, save_latest=False)
+    return PendingCheckpoint(path, step, started, step_seconds)
+
+
+def finish_checkpoint(engine, pending: PendingCheckpoint, checkpoints_dir: Path, keep_last: int, world: World) -> Path:
+    """Waits for this rank's writes, seals the checkpoint, then moves `latest` to it (ALL ranks)."""
+    wait = getattr(engine.checkpoint_engine, "wait", None)
+    if wait is not None:
+        wait()
     barrier()  # every rank has written its shard
-    seal_checkpoint(path, world.rank, world.size)  # fsync + manifest: the checkpoint is now complete
+    seal_checkpoint(pending.path, world.rank, world.size)  # fsync + manifest: the checkpoint is now complete
     if world.is_main:
-        atomic_write_text(checkpoints_dir / LATEST_FILE, tag + "\n")
-        _prune(checkpoints_dir, keep_last, keep=path)
+        atomic_write_text(checkpoints_dir / LATEST_FILE, pending.path.name + "\n")
+        # Rank 0 waited for every rank at each barrier: its wall time is the slowest rank's save (for an
+        # asynchronous save, an upper bound: it includes the steps trained while the files were written).
+        timing = {
+            "step": pending.step,
+            "save_seconds": round(time.perf_counter() - pending.started, 3),
+            "step_seconds": round(pending.step_seconds, 3),
+        }
+        atomic_write_text(checkpoints_dir / SAVE_TIMING_FILE, json.dumps(timing) + "\n")
+        _prune(checkpoints_dir, keep_last, keep=pending.path)
     barrier()  # nobody races ahead while rank 0 prunes
-    return path
+    return pending.path
 
 
 def load_checkpoint(engine, path: Path, world: World) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -40,6 +40,9 @@ class ModelDims:
     injection: str
     pooling: str
     gradient_checkpointing: bool
+    activation: str  # the FFN's activation by name (T5 dense_act_fn, BART activation_function): what it saves differs
+    dropout: float  # the backbone's dropout probability (0: no dropout masks kept for backward)
+    ffn_dropout: float  # dropout inside the FFN, after the activation (T5: dropout_rate; BART: activation_dropout)
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,9 @@ def model_dims(backbone_config, vae_config: VAEConfig) -> ModelDims:
             encoder_layers=backbone_config.num_layers,
             decoder_layers=_attr(backbone_config, "num_decoder_layers", default=backbone_config.num_layers),
             gated_ffn=bool(getattr(backbone_config, "is_gated_act", False)),
+            activation=backbone_config.dense_act_fn,
+            dropout=float(backbone_config.dropout_rate),
+            ffn_dropout=float(backbone_config.dropout_rate),
         )
     elif family in ("bart", "mbart"):
         if backbone_config.encoder_ffn_dim != backbone_config.decoder_ffn_dim:
@@ -131,6 +137,9 @@ def model_dims(backbone_config, vae_config: VAEConfig) -> ModelDims:
             encoder_layers=backbone_config.encoder_layers,
             decoder_layers=backbone_config.decoder_layers,
             gated_ffn=False,
+            activation=backbone_config.activation_function,
+            dropout=float(backbone_config.dropout),
+            ffn_dropout=float(backbone_config.activation_dropout),
         )
     else:
         raise ValueError(f"model.backbone: the planner knows T5 and BART backbones, not model_type {family!r}")

@@ -170,37 +170,112 @@ def model_state_bytes(shape: ModelShape, zero: ZeroSetting, world_size: int, pre
     return ModelStateBytes(parameters, gradients, optimizer, buffers, host, gathered_bytes)
 
 
-def activation_bytes(shape: ModelShape, micro_batch_size: int, source_length: int, precision: str, checkpointing: bool) -> int:
+# What each FFN activation keeps for backward, in tensors of the FFN's width (the activation's share
+# only; the FFN adds the second projection's output when gated and the input of the output matrix):
+# relu keeps its output, which a gated FFN's product keeps anyway; gelu / gelu_pytorch_tanh / silu
+# keep their input and their output is kept by the product; transformers' `gelu_new` is written as
+# several elementwise ops (x^3, tanh, 1 + tanh, 0.5 x (..)) and keeps four tensors.
+_OUTPUT_SAVING_ACTIVATIONS = ("relu",)
+_MULTI_OP_ACTIVATIONS = {"gelu_new": 4, "gelu_fast": 4}
+
+
+def _ffn_width_tensors(activation: str, gated: bool) -> int:
+    """Tensors of width F (d_ff) one FFN keeps for backward, dropout masks apart."""
+    kept = _MULTI_OP_ACTIVATIONS.get(activation, 1)  # the activation's own
+    if gated:
+        # + the second projection's output, + the activation's output (kept by the product) unless the
+        # activation already keeps it (relu)
+        kept += 1 + (0 if activation in _OUTPUT_SAVING_ACTIVATIONS else 1)
+    return kept + 1  # + the output matrix's input
+
+
+@dataclass(frozen=True)
+class ActivationBytes:
+    """Activations kept for backward, split as `plan.saved_tensors` measures them."""
+
+    encoder_layer: int  # one encoder layer, all of it (what a checkpointed layer holds while recomputed)
+    decoder_layer: int
+    layers: int  # every layer (with checkpointing: their inputs plus one layer recomputed)
+    outside: int  # embeddings, final norms, LM head and loss
+
+    @property
+    def total(self) -> int:
+        return self.layers + self.outside
+
+
+def activation_bytes(
+    shape: ModelShape, micro_batch_size: int, source_length: int, precision: str, checkpointing: bool, device: str = "cuda"
+) -> int:
+    """Bytes of `activation_breakdown` in all."""
+    return activation_breakdown(shape, micro_batch_size, source_length, precision, checkpointing, device).total
+
+
+def activation_breakdown(
+    shape: ModelShape, micro_batch_size: int, source_length: int, precision: str, checkpointing: bool, device: str = "cuda"
+) -> ActivationBytes:
     """Activations kept for backward, per rank, at `micro_batch_size` sentences of `source_length` tokens.
 
-    Per layer and token, with b activation bytes (2 bf16, 4 fp32) and scaled-dot-product attention
-    (which keeps a fp32 log-sum-exp per head instead of the score matrix):
-        attention: norm input and output 2bD, q k v and attention output 4bA, log-sum-exp 4H,
-            dropout mask D (1 byte);
-        FFN: norm input and output 2bD, hidden bF per matrix output plus the activation's output
-            (gated: 4bF, else 2bF), dropout masks F + D;
-        decoder cross-attention: 2bD + 2bA + 4H + D.
-    T5 also keeps one [B,H,L,L] position bias per stack (self-attention of encoder and decoder).
-    The LM head keeps the logits [B,T,V] in b bytes plus the fp32 copy and log-softmax of the loss (8
-    bytes). With gradient checkpointing each layer keeps only its input (bD per token) and one layer's
-    activations are live while it is recomputed.
+    Derived from what each operation saves (checked against `plan.saved_tensors` measurements on CPU,
+    bench/bench_plan.py). Per layer and token, with b activation bytes (2 bf16, 4 fp32), m bytes per
+    dropout-mask element (CUDA's fused dropout keeps a bool mask: 1; the CPU kernel a mask in the
+    activation dtype: b) and q = 1 where the backbone has dropout, else 0:
+        T5 RMS norm (before each sublayer): its input, the normed and the weighted output 3bD, the
+            rsqrt 4 bytes, and, below fp32, the fp32 copy its variance is computed from (4D);
+        BART LayerNorm (after each sublayer): its input bD, mean and rstd (8 bytes); the sublayer's
+            input bD;
+        self-attention: q, k, v and the attention output 4bA, the output's dropout mask qmD; SDPA's
+            fp32 log-sum-exp 4H where the kernel is a fused one. T5 passes its position bias as an
+            additive mask, which SDPA cannot fuse: on CUDA the memory-efficient kernel keeps the
+            [B,H,L,L] bias each layer builds (b bytes an element); on CPU the math kernel keeps the
+            softmax, its dropout mask and the dropped probabilities ((2b + qm) per element);
+        FFN: `_ffn_width_tensors` x bF, its inner dropout mask mF, the output's dropout mask qmD;
+        decoder cross-attention (the VAE's M memory states as keys and values): q and output 2bA plus
+            the score terms above over M keys.
+    Outside the layers: token ids and labels (8 bytes each), the embeddings' dropout masks, each stack's
+    final norm, the LM head's input bD (T5 with a tied head: also its rescaled copy) and the loss's fp32
+    log-softmax 4V (the logits themselves are not kept: the head's backward needs only its input).
+    With activation checkpointing each layer keeps only its input (bD per token) and one layer's
+    activations are live again while it is recomputed.
     """
     b = 2 if precision == "bf16" else 4
-    d, a, f, h = shape.d_model, shape.attention_width, shape.d_ff, shape.num_heads
-    tokens = micro_batch_size * source_length  # source tokens = target tokens
-    attention = 2 * b * d + 4 * b * a + 4 * h + d
-    ffn = 2 * b * d + (4 if shape.gated_ffn else 2) * b * f + f + d
-    cross = 2 * b * d + 2 * b * a + 4 * h + d
+    q = 1 if shape.dropout > 0 else 0
+    m = (1 if device == "cuda" else b) * q
+    d, a, f, h, v = shape.d_model, shape.attention_width, shape.d_ff, shape.num_heads, shape.vocab_size
+    batch, length = micro_batch_size, source_length
+    tokens = batch * length  # source tokens = target tokens
+    memory = shape.memory_states
+    t5 = shape.family == "t5"
+
+    def attention_core(queries_per_token: int, keys: int) -> int:
+        """q, k, v, output and the score terms of one attention over `keys` keys (the whole batch):
+        fused kernels keep q k v in b bytes and a log-sum-exp; CPU's math kernel (T5's bias) computes in
+        fp32 and keeps fp32 q, k, v and the softmax (with dropout also its mask and the dropped copy)."""
+        kv_tokens = batch * keys
+        if t5 and device != "cuda":
+            return (tokens * (4 * a * queries_per_token + b * a) + kv_tokens * 8 * a
+                    + batch * h * length * keys * 4 * (1 + 2 * q))
+        fused = tokens * (b * a * queries_per_token + b * a + 4 * h) + kv_tokens * 2 * b * a
+        return fused + (batch * h * length * keys * b if t5 else 0)  # the bias SDPA's efficient kernel keeps
+
+    if t5:
+        norm = 3 * b * d + 4 + (4 * d if b < 4 else 0)
+    else:
+        norm = 2 * b * d + 8  # the sublayer's input and the LayerNorm's input, mean and rstd
+    ffn_inner = f * (1 if shape.ffn_dropout > 0 else 0) * (1 if device == "cuda" else b)
+    attention = tokens * (norm + m * d) + attention_core(1, length)
+    ffn = tokens * (norm + _ffn_width_tensors(shape.activation, shape.gated_ffn) * b * f + ffn_inner + m * d)
+    cross = tokens * (norm + m * d) + batch * memory * b * d + attention_core(1, memory)
     encoder_layer = attention + ffn
     decoder_layer = attention + cross + ffn
     if checkpointing:
-        layers = tokens * b * d * (shape.encoder_layers + shape.decoder_layers) + tokens * max(encoder_layer, decoder_layer)
+        layers = tokens * b * d * (shape.encoder_layers + shape.decoder_layers) + max(encoder_layer, decoder_layer)
     else:
-        layers = tokens * (shape.encoder_layers * encoder_layer + shape.decoder_layers * decoder_layer)
-    position_bias = 2 * micro_batch_size * h * source_length**2 * b if shape.family == "t5" else 0
-    embeddings = 2 * tokens * (b * d + d)  # encoder and decoder input embeddings and their dropout masks
-    lm_head = tokens * shape.vocab_size * (b + 8)
-    return layers + position_bias + embeddings + lm_head
+        layers = shape.encoder_layers * encoder_layer + shape.decoder_layers * decoder_layer
+    final_norms = 2 * tokens * (norm if t5 else 8 + b * d)
+    embeddings = 2 * tokens * (8 + m * d)  # token ids, dropout masks
+    head_input = b * d * (2 if t5 and shape.tied_lm_head else 1)
+    lm_head = tokens * (head_input + 4 * v + 8 + m * d)  # + labels, + the final dropout mask
+    return ActivationBytes(encoder_layer, decoder_layer, layers, final_norms + embeddings + lm_head)
 
 
 @dataclass(frozen=True)

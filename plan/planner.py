@@ -165,6 +165,12 @@ class Plan:
         return self.shape.parameters
 
     @property
+    def checkpoint_bytes(self) -> int:
+        """What one save writes, all ranks together: the weights in the training precision (DeepSpeed's
+        model-states file) plus the fp32 master weights and AdamW's two moments (the optimizer shards)."""
+        return self.shape.parameters * ((2 if self.precision == "bf16" else 4) + 4 + 8)
+
+    @property
     def peak_tflops(self) -> float | None:
         if self.layout.peak_tflops is not None:
             return self.layout.peak_tflops

@@ -57,8 +57,11 @@ class JobOptions:
         None, "eval jobs: extra `seq2vae eval` arguments, e.g. '--iw-samples 500 --batch-size 32'"
     )
     max_restarts: int = doc(3, "times a preempted or timed-out job requeues itself before giving up")
-    signal_seconds: int = doc(
-        600, "seconds before the time limit at which SLURM warns the job (USR1) so the trainer can save"
+    signal_seconds: int | None = doc(
+        None,
+        "seconds before the time limit at which SLURM warns the job (USR1) so the trainer can save; null = "
+        "derived from the run's last measured save (else the planned checkpoint size), at least 120; "
+        "0 = no warning: the job saves on SLURM's TERM at the limit, within KillWait",
     )
     max_parallel: int | None = doc(None, "sweeps: array tasks running at once (the %N of --array); null = no cap")
     torch_extensions_dir: str = doc(
@@ -120,8 +123,8 @@ def resolve_layout(options: JobOptions) -> Layout:
         raise ConfigError(f"--requeue-on-failure must be >= 0, got {options.requeue_on_failure}")
     if options.max_restarts < 0:
         raise ConfigError(f"--max-restarts must be >= 0, got {options.max_restarts}")
-    if options.signal_seconds < 1:
-        raise ConfigError(f"--signal-seconds must be >= 1, got {options.signal_seconds}")
+    if options.signal_seconds is not None and options.signal_seconds < 0:
+        raise ConfigError(f"--signal-seconds must be >= 0 (0: no warning), got {options.signal_seconds}")
     if options.max_parallel is not None and options.max_parallel < 1:
         raise ConfigError(f"--max-parallel must be >= 1, got {options.max_parallel}")
     return Layout(nodes=options.nodes, gpus_per_node=gpus, ranks_per_node=ranks)

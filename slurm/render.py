@@ -18,6 +18,7 @@ from ..config import ConfigError
 from .cluster import check_partition_has_gpus
 from .job_environment import job_environment_lines
 from .options import JobOptions, Layout, resolve_layout, resolve_resources
+from .signal_lead import SignalLead, signal_lead
 from .run_config import TRAINER_MODULE, check_config_file, read_run_facts
 from .sweep import read_sweep_table
 
@@ -69,14 +70,17 @@ def render_job(
 
     rows: list[list[str]] = []
     kind_values: dict[str, str] = {}
+    planned_save_seconds: float | None = None
+    run_dirs: list[str] = []
     if kind == "train":
-        read_run_facts(config_path, overrides, module, layout.world_size)
+        run_dirs = [read_run_facts(config_path, overrides, module, layout.world_size).run_dir]
         if module == TRAINER_MODULE and layout.gpus_per_node > 0:
             from .job_check import refuse_if_it_cannot_fit
 
-            refuse_if_it_cannot_fit(config_path, overrides, layout.nodes, layout.gpus_per_node, options.mem)
+            planned_save_seconds = refuse_if_it_cannot_fit(config_path, overrides, layout.nodes, layout.gpus_per_node, options.mem)
     elif kind == "sweep":
         rows = sweep_rows(config_path, overrides, read_sweep_table(sweep_table), module, layout, sweep_table)
+        run_dirs = [_run_dir_of(row) for row in rows]
         kind_values["sweep_table"] = str(Path(sweep_table).resolve())
         kind_values["sweep_rows"] = "\n".join(f"    {i}) ROW=({_bash_words(row)}) ;;" for i, row in enumerate(rows))
     else:
@@ -85,8 +89,9 @@ def render_job(
     job_name = options.job_name or f"seq2vae-{kind}-{config_path.stem}"
     output_dir = Path(options.output_dir).resolve()
     workdir = Path(options.workdir).resolve() if options.workdir else Path.cwd()
+    lead = _warning_lead(kind, options, run_dirs, workdir, planned_save_seconds)
     values = {
-        "sbatch": "\n".join(_sbatch_lines(kind, options, layout, job_name, output_dir, workdir, len(rows) or None)),
+        "sbatch": "\n".join(_sbatch_lines(kind, options, layout, job_name, output_dir, workdir, len(rows) or None, lead)),
         "launch": _launch_fragment(layout, options, output_dir),
         "setup": _setup_lines(options),
         "config": str(config_path),
@@ -97,6 +102,24 @@ def render_job(
             config_quoted=shlex.quote(str(config_path)), overrides=_bash_words(overrides), program=_bash_words(["-m", module])
         )
     return RenderedJob(kind, _fill(_template(kind), values), job_name, output_dir, len(rows) or None)
+
+
+def _run_dir_of(row: list[str]) -> str:
+    return next(item.split("=", 1)[1] for item in row if item.startswith("run_dir="))
+
+
+def _warning_lead(kind: str, options: JobOptions, run_dirs: list[str], workdir: Path,
+                  planned_save_seconds: float | None) -> SignalLead | None:
+    """The USR1 warning of a train or sweep job: explicit, or derived from the slowest task's last save."""
+    if kind == "eval" or options.signal_seconds == 0:
+        return None
+    if options.signal_seconds is not None:
+        return SignalLead(options.signal_seconds, "--signal-seconds")
+    # Relative run directories are the job's, which runs in `workdir`.
+    leads = [signal_lead(workdir / run_dir, planned_save_seconds) for run_dir in run_dirs if run_dir] or [
+        signal_lead(None, planned_save_seconds)
+    ]
+    return max(leads, key=lambda lead: lead.seconds)
 
 
 def _launch_fragment(layout: Layout, options: JobOptions, output_dir: Path) -> str:
@@ -174,6 +197,7 @@ def _sbatch_lines(
     output_dir: Path,
     workdir: Path,
     array_size: int | None,
+    lead: SignalLead | None,
 ) -> list[str]:
     log_name = "%x-%A_%a.out" if kind == "sweep" else "%x-%j.out"
     resources = resolve_resources(options, layout)
@@ -197,8 +221,11 @@ def _sbatch_lines(
         ("open-mode", "append"),
     ]
     if kind != "eval":
-        # B: only the batch script is warned; it forwards the signal to the ranks itself.
-        pairs += [("signal", f"B:USR1@{options.signal_seconds}"), ("requeue", "")]
+        # B: only the batch script is warned; it forwards the signal to the ranks itself. Without it the
+        # job saves on SLURM's TERM at the limit (the script traps both).
+        if lead is not None:
+            pairs.append(("signal", f"B:USR1@{lead.seconds}"))
+        pairs.append(("requeue", ""))
     elif options.requeue_on_failure:
         pairs.append(("requeue", ""))  # a failed evaluation runs again
     if array_size:
@@ -213,6 +240,8 @@ def _sbatch_lines(
             raise ConfigError(f"--{name} {text!r}: whitespace is not allowed in an #SBATCH value")
         lines.append(f"#SBATCH --{name}={text}" if text else f"#SBATCH --{name}")
     lines += [_extra_sbatch_line(line) for line in options.sbatch_lines]
+    if kind != "eval":
+        lines.append(f"# warning lead: {f'{lead.seconds} s, {lead.reason}' if lead else 'none (TERM at the time limit only)'}")
     return lines
 
 

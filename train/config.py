@@ -102,6 +102,14 @@ class OptimConfig:
 class CheckpointConfig:
     every_steps: int = doc(1000, "save a checkpoint every N optimizer steps (also at each phase end and the end)")
     keep_last: int = doc(3, "keep the K newest checkpoints, delete older ones; >= 2, so a damaged newest one has a fallback")
+    asynchronous: bool = doc(
+        False,
+        "write periodic checkpoints from a background thread while training goes on (costs a host-memory copy of "
+        "this rank's checkpoint state); stop and final saves stay synchronous",
+    )
+    seal_after_steps: int = doc(
+        1, "asynchronous checkpoints: steps trained before a save is waited for, sealed (manifest) and named latest"
+    )
 
 
 @dataclass
@@ -219,6 +227,7 @@ def validate_train_config(config: TrainConfig) -> TrainConfig:
     _require(optim.max_consecutive_skips >= 1, "optim.max_consecutive_skips", "must be >= 1")
     _require(config.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be > 0")
     _require(config.checkpoint.keep_last >= 2, "checkpoint.keep_last", "must be >= 2 (a fallback when the newest is damaged)")
+    _require(config.checkpoint.seal_after_steps >= 1, "checkpoint.seal_after_steps", "must be >= 1")
     _require(config.logging.every_steps > 0, "logging.every_steps", "must be > 0")
     _require(config.logging.histogram_every >= 0, "logging.histogram_every", "must be >= 0")
     _require(config.validation.every_steps >= 0, "validation.every_steps", "must be >= 0")

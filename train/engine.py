@@ -22,6 +22,7 @@ from .config import TrainConfig
 from ..distributed import World, model_construction, parameter_reader, zero_stage
 from .ds_config import resolved_ds_config
 from .freezing import optimizer_param_groups, skip_frozen_groups
+from ..checkpoint.background import install_background_writer
 from ..checkpoint.init_from import load_init_weights, resolve_init_from
 from ..checkpoint.initial_weights import has_random_backbone, initialise, reference_backbone_weights
 
@@ -79,6 +80,8 @@ def build_engine(config: TrainConfig, world: World, ds_config_path: Path | None 
     engine, _, _, _ = deepspeed.initialize(
         model=vae, model_parameters=optimizer_param_groups(groups, config.optim.weight_decay), config=ds_config
     )
+    if config.checkpoint.asynchronous:
+        install_background_writer(engine)
     optimizer = engine.basic_optimizer
     skip_frozen_groups(optimizer)
     # After initialize: ZeRO-3's forward hooks gather parameters from here on (all ranks run it).

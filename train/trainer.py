@@ -36,7 +36,9 @@ from ..checkpoint.saving import (
     load_checkpoint,
     resolve_resume,
     restore_rng,
+    finish_checkpoint,
     save_checkpoint,
+    start_checkpoint,
 )
 from .config import PhaseConfig, TrainConfig, gradient_accumulation_steps, validate_train_config
 from ..distributed import World, barrier, init_world, set_collective_timeout
@@ -126,6 +128,8 @@ class Trainer:
         # an 11B backbone to load.
         check_before_run(config, world_size_from_environment())
         self.stop_request = StopRequest().install()
+        self._last_step_seconds = 0.0  # recorded with each save, for the SLURM warning lead
+        self.pending_save = None  # an asynchronous checkpoint still being written
         self.world: World = init_world(config.startup_timeout_s)  # until the first step; see fit
         self.run_dir = Path(config.run_dir)
         self.run_lock = hold_run_directory(self.run_dir, self.world)  # one run per directory
@@ -184,7 +188,7 @@ class Trainer:
         self.step = shared["step"]
         self.skips.consecutive, self.skips.total = shared["consecutive_skips"], shared["total_skips"]
         if "rng" in mine:
-            restore_rng(mine["rng"], self.noise_generator)
+            restore_rng(mine["rng"], self.noise_generator, self.world.device)
         else:  # resumed on another world size: fresh per-rank streams, distinct from those of step 0
             seed = (self.config.seed * 1_000_003 + self.step) * 1_000_003 + self.world.rank
             _seed_everything(seed)
@@ -193,8 +197,13 @@ class Trainer:
             print(f"resumed from {path} at step {self.step}", flush=True)
         return mine["data"]
 
-    def save(self) -> Path:
-        """Checkpoint of the current step on all ranks (weights, optimizer, data position, RNG)."""
+    def save(self, asynchronous: bool = False) -> Path:
+        """Checkpoint of the current step on all ranks (weights, optimizer, data position, RNG).
+
+        `asynchronous`: returns while the files are still being written; `finish_pending_save` (called
+        `checkpoint.seal_after_steps` steps later, or by the next save) completes it and moves `latest`.
+        """
+        self.finish_pending_save()
         phase_index, step_in_phase = phase_at(self.config.phases, self.step) if self.step < self.config.total_steps else (
             len(self.config.phases), 0
         )
@@ -205,10 +214,22 @@ class Trainer:
             "consecutive_skips": self.skips.consecutive,
             "total_skips": self.skips.total,
         }
-        rank_state = {"data": self.loader.state_dict(), "rng": capture_rng(self.noise_generator)}
+        rank_state = {"data": self.loader.state_dict(), "rng": capture_rng(self.noise_generator, self.world.device)}
+        if asynchronous:
+            self.pending_save = start_checkpoint(
+                self.engine, self.checkpoints_dir, self.step, shared, rank_state, self.world, self._last_step_seconds
+            )
+            return self.pending_save.path
         return save_checkpoint(
-            self.engine, self.checkpoints_dir, self.step, shared, rank_state, self.config.checkpoint.keep_last, self.world
+            self.engine, self.checkpoints_dir, self.step, shared, rank_state, self.config.checkpoint.keep_last, self.world,
+            step_seconds=self._last_step_seconds,
         )
+
+    def finish_pending_save(self) -> None:
+        """Completes an asynchronous save on all ranks: wait for its files, seal it, name it latest."""
+        if self.pending_save is not None:
+            pending, self.pending_save = self.pending_save, None
+            finish_checkpoint(self.engine, pending, self.checkpoints_dir, self.config.checkpoint.keep_last, self.world)
 
     # ------------------------------------------------------------------------------------ steps
     def enter_phase(self, index: int) -> None:
@@ -437,17 +458,23 @@ class Trainer:
                 self.record_skip(result)
                 self.log(result)
                 last = result
+                self._last_step_seconds = result.step_time_s
+                # The same step on every rank: the seal's collectives line up.
+                if self.pending_save is not None and self.step >= self.pending_save.step + config.checkpoint.seal_after_steps:
+                    self.finish_pending_save()
                 end_of_phase = step_in_phase + 1 == phase.steps
-                if config.validation.every_steps and self.step % config.validation.every_steps == 0:
-                    validation = self.validate()
+                # Before validation: after a stop signal the time left until SIGKILL is for the save.
                 stop = any_rank(self.stop_request.requested, self.world.device)
+                if not stop and config.validation.every_steps and self.step % config.validation.every_steps == 0:
+                    validation = self.validate()
                 if stop or self.step == config.stop_at_step:
                     status = "preempted" if stop else "stopped"
                     checkpoint = self.save()
                     self.monitor.message(f"{status} at step {self.step}; saved {checkpoint}")
                     break
                 if self.step % config.checkpoint.every_steps == 0 or end_of_phase:
-                    checkpoint = self.save()
+                    checkpoint = self.save(asynchronous=config.checkpoint.asynchronous)
+            self.finish_pending_save()
             if status == "completed":
                 if checkpoint is None or checkpoint.name != checkpoint_tag(self.step):
                     checkpoint = self.save()

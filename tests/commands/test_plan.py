@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+
 import json
+import re
 
 import pytest
 
@@ -76,6 +78,13 @@ def test_slurm_render_refuses_a_job_that_cannot_fit(backbone_dirs, tmp_path):
         render_job("train", config, [backbone, "deepspeed=zero1", "data.global_batch_size=null"], JobOptions(nodes=1, gpus_per_node=1, **options))
     job = render_job("train", config, [backbone], JobOptions(nodes=4, gpus_per_node=8, mem="512G", **options))
     assert "#SBATCH --nodes=4" in job.script
+    # No save measured yet: the warning lead comes from the planned checkpoint, 14 bytes a parameter
+    # (bf16 weights + fp32 master + AdamW moments) written at 1 GiB/s per node; on one node it tops the floor.
+    job = render_job("train", config, [backbone], JobOptions(nodes=1, gpus_per_node=8, mem="1T", **options))
+    planned = float(re.search(r"2 x the planned save \(([\d.]+) s at 1 GiB/s per node\)", job.script).group(1))
+    assert 11e9 * 14 / 2**30 < planned < 11.5e9 * 14 / 2**30, planned
+    lead = int(re.search(r"#SBATCH --signal=B:USR1@(\d+)", job.script).group(1))
+    assert abs(lead - 2 * planned) <= 1, (lead, planned)  # `planned` is printed to 0.1 s
     # --mem bounds host memory: 8 ranks offloading 11B of optimizer state need more than 64 GB.
     with pytest.raises(ConfigError, match="host memory"):
         render_job("train", config, [backbone, "deepspeed=zero3_offload", "data.global_batch_size=null"],

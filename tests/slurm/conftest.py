@@ -174,7 +174,8 @@ def _start_cluster(root: Path) -> LocalSlurm:
                 "ReturnToService=2",
                 # Keep finished jobs visible to `scontrol show job` for the whole session.
                 "MinJobAge=3600",
-                "KillWait=10",
+                # SLURM's default: the ranks' window between TERM at the time limit and SIGKILL.
+                "KillWait=30",
                 _node_line(node_name),
                 f"PartitionName=debug Nodes={node_name} Default=YES MaxTime=INFINITE State=UP",
                 "",

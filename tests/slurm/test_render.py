@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import re
 import subprocess
 from pathlib import Path
@@ -13,6 +16,7 @@ from seq2vae.config import ConfigError
 from seq2vae.slurm import JobOptions, read_sweep_table, render_job
 from seq2vae.cli import main as seq2vae_main
 from seq2vae.slurm.cli import main as slurm_main
+from seq2vae.slurm.signal_lead import SAVE_TIMING_FILE, checkpoint_write_seconds, signal_lead
 
 STAND_IN = "stand_in_trainer"  # any module other than seq2vae.train: the YAML is read as plain data
 
@@ -248,3 +252,59 @@ def test_explicit_resources_and_exclusive_nodes_override_the_gpu_defaults(tmp_pa
         render_job("train", config, [], JobOptions(gpus_per_node=4, mem_per_gpu="64 GB", check_partition=False, module=STAND_IN))
     with pytest.raises(ConfigError, match="--requeue-on-failure must be >= 0"):
         render_job("train", config, [], JobOptions(device="cpu", requeue_on_failure=-1, module=STAND_IN))
+
+
+def test_warning_lead_comes_from_the_last_measured_save(tmp_path):
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path, run_dir=str(run_dir))
+    options = JobOptions(device="cpu", module=STAND_IN, output_dir=str(tmp_path / "logs"))
+    # No save yet: the floor.
+    job = render_job("train", config, [], options)
+    assert sbatch_options(job.script)["signal"] == "B:USR1@120"
+    assert "# warning lead: 120 s, no save measured or planned yet: the floor" in job.script
+    # A run whose last save took 170 s after a 9.5 s step: 2 x 170 + 9.5, rounded up.
+    (run_dir / "checkpoints").mkdir(parents=True)
+    timing = run_dir / "checkpoints" / SAVE_TIMING_FILE
+    timing.write_text(json.dumps({"step": 400, "save_seconds": 170.0, "step_seconds": 9.5}))
+    job = render_job("train", config, [], options)
+    assert sbatch_options(job.script)["signal"] == "B:USR1@350"
+    assert "2 x the last save (170.0 s at step 400) + a step (9.5 s)" in job.script
+    # A quick save stays at the floor; an explicit lead wins; 0 asks for no warning (TERM only).
+    timing.write_text(json.dumps({"step": 400, "save_seconds": 3.0, "step_seconds": 0.5}))
+    assert sbatch_options(render_job("train", config, [], options).script)["signal"] == "B:USR1@120"
+    explicit = render_job("train", config, [], dataclasses.replace(options, signal_seconds=900))
+    assert sbatch_options(explicit.script)["signal"] == "B:USR1@900"
+    silent = render_job("train", config, [], dataclasses.replace(options, signal_seconds=0))
+    assert "signal" not in sbatch_options(silent.script) and "requeue" in sbatch_options(silent.script)
+    assert "# warning lead: none (TERM at the time limit only)" in silent.script
+    bash_syntax_ok(silent.script, tmp_path)
+    # A damaged record is named, not ignored.
+    timing.write_text("{")
+    with pytest.raises(ConfigError, match=re.escape(str(timing))):
+        render_job("train", config, [], options)
+
+
+def test_sweep_warning_lead_is_the_slowest_tasks(tmp_path):
+    config = write_config(tmp_path, run_dir=str(tmp_path / "run"))
+    table = tmp_path / "sweep.tsv"
+    table.write_text("optim.lr\n1e-4\n3e-4\n")
+    slow = tmp_path / "run" / "task-1" / "checkpoints"
+    slow.mkdir(parents=True)
+    (slow / SAVE_TIMING_FILE).write_text(json.dumps({"step": 10, "save_seconds": 100.0, "step_seconds": 1.0}))
+    job = render_job("sweep", config, [], JobOptions(device="cpu", module=STAND_IN), sweep_table=table)
+    assert sbatch_options(job.script)["signal"] == "B:USR1@201"
+
+
+def test_planned_save_time_assumes_a_write_speed_per_node():
+    # 11B parameters in bf16 plus fp32 AdamW states (2 + 12 bytes each) at 1 GiB/s per node.
+    seconds = checkpoint_write_seconds(14 * 11_000_000_000, nodes=4)
+    assert seconds == pytest.approx(14 * 11e9 / 4 / 2**30)  # 35.9 s
+    assert signal_lead(None, seconds).seconds == 120  # the floor
+    one_node = checkpoint_write_seconds(14 * 11_000_000_000, nodes=1)
+    assert signal_lead(None, one_node).seconds == math.ceil(2 * one_node) == 287
+
+
+def test_the_renderer_reads_the_save_timing_file_the_trainer_writes():
+    from seq2vae.checkpoint.saving import SAVE_TIMING_FILE as WRITTEN
+
+    assert SAVE_TIMING_FILE == WRITTEN

@@ -107,3 +107,41 @@ def test_sweep_trains_each_row_in_its_own_run_directory(slurm_cluster, write_tra
         assert latest_checkpoint(run_dir) == "step_00000004"
         assert logged_steps(run_dir)[1] == [1, 2, 3, 4]
     assert sorted(path.name.rsplit("_", 1)[1] for path in (tmp_path / "logs").glob("*.out")) == ["0.out", "1.out"]
+
+
+@pytest.mark.slow
+def test_training_at_its_time_limit_saves_on_term_requeues_and_matches_an_uninterrupted_run(
+    slurm_cluster, write_train_config, tmp_path
+):
+    # One-minute runs with no warning signal: each run trains until SLURM's TERM at the limit, saves
+    # within KillWait, requeues itself and the next resumes; more steps than one minute holds.
+    steps = 300
+    limited, reference = tmp_path / "limited", tmp_path / "reference"
+    limited.mkdir()
+    reference.mkdir()
+    config = write_train_config(limited, steps=steps, checkpoint_every=1000)
+    job_id = submit(slurm_cluster, config, "--cpus-per-task", "2", "--time", "1", "--signal-seconds", "0", "--max-restarts", "6")
+    (job,) = slurm_cluster.wait_until_done(job_id, timeout=900)
+    (log,) = (limited / "logs").glob("*.out")
+    text = log.read_text()
+    restarts = int(job["Restarts"])
+    assert job["JobState"] == "COMPLETED" and restarts >= 1, text + slurm_cluster.explain(job_id)
+    assert text.count("stopped by TERM (job COMPLETING TimeLimit) after saving; requeueing") == restarts, text
+    resumed_at = [int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if "resumed from" in line and " at step " in line]
+    assert len(resumed_at) == restarts and resumed_at == sorted(resumed_at) and 0 < resumed_at[0] < steps, text
+    run_dir = limited / "run"
+    timing = json.loads((run_dir / "checkpoints" / "save_timing.json").read_text())
+    assert timing["step"] == steps and timing["save_seconds"] > 0
+
+    config = write_train_config(reference, steps=steps, checkpoint_every=1000)
+    job_id = submit(slurm_cluster, config, "--cpus-per-task", "2")
+    (job,) = slurm_cluster.wait_until_done(job_id, timeout=600)
+    assert job["JobState"] == "COMPLETED" and job["Restarts"] == "0", slurm_cluster.explain(job_id)
+    # Every step once, and the same losses as the run that was never stopped.
+    expected, got = (
+        [json.loads(line) for line in (directory / "run" / "metrics.jsonl").read_text().splitlines()]
+        for directory in (reference, limited)
+    )
+    assert [m["step"] for m in got] == list(range(1, steps + 1))
+    for key in ("train/loss", "train/recon", "train/kl", "train/grad_norm"):
+        assert [m[key] for m in got] == [m[key] for m in expected], key

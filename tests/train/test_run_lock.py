@@ -44,6 +44,75 @@ def test_a_live_holder_is_named_and_a_dead_one_is_taken_over(tmp_path):
     again.release()
 
 
+# Lustre mounted without `flock` answers flock with ENOSYS; no such mount here, so each process
+# replaces fcntl.flock with a function that answers the same before taking the lock.
+WITHOUT_FLOCK = """
+import errno, fcntl, os, sys, time
+def unsupported(fd, operation):
+    raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+fcntl.flock = unsupported
+from seq2vae.train.run_lock import RunDirectoryInUseError, RunDirectoryLock
+try:
+    lock = RunDirectoryLock(sys.argv[1]).acquire()
+except RunDirectoryInUseError as error:
+    print("refused:", error, flush=True)
+    sys.exit(3)
+print("held", lock.fallback_path, lock.stale_note, flush=True)
+if sys.argv[2] == "hold":
+    time.sleep(60)
+lock.release()
+print("released", os.path.exists(lock.path.with_name(".lock.held")), flush=True)
+"""
+
+
+def _without_flock(run_dir, mode: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WITHOUT_FLOCK, str(run_dir), mode], stdout=subprocess.PIPE, text=True)
+
+
+def test_without_flock_an_exclusive_lock_file_excludes_a_second_run_until_its_holder_ends(tmp_path):
+    holder = _without_flock(tmp_path, "hold")
+    try:
+        assert holder.stdout.readline().split()[:2] == ["held", str(tmp_path / ".lock.held")]
+        second = _without_flock(tmp_path, "release")
+        output, _ = second.communicate(timeout=60)
+        assert second.returncode == 3 and f"pid {holder.pid} on host" in output and ".lock.held" in output, output
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # Nothing released the dead holder's file; its pid is gone on this host, so it is stale.
+    third = _without_flock(tmp_path, "release")
+    output, _ = third.communicate(timeout=60)
+    assert third.returncode == 0, output
+    assert f"took over {tmp_path / '.lock'} from pid {holder.pid}" in output and "released False" in output, output
+    # Released cleanly: the next run takes it without a stale note.
+    fourth = _without_flock(tmp_path, "release")
+    output, _ = fourth.communicate(timeout=60)
+    assert fourth.returncode == 0 and "None" in output.splitlines()[0], output
+
+
+def test_without_flock_a_holder_on_another_host_is_stale_once_its_heartbeat_stops(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from seq2vae.train import run_lock
+
+    def unsupported(fd, operation):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    held = tmp_path / run_lock.FALLBACK_LOCK_FILENAME
+    held.write_text(json.dumps({"host": "another-node", "pid": 4242, "started": "2026-12-03T00:00:00+00:00"}))
+    with pytest.raises(RunDirectoryInUseError, match="pid 4242 on host another-node"):
+        RunDirectoryLock(tmp_path).acquire()  # a fresh heartbeat: alive, as far as anyone here can tell
+    old = time.time() - run_lock.STALE_AFTER_S - 60
+    os.utime(held, (old, old))
+    lock = RunDirectoryLock(tmp_path).acquire()
+    assert lock.previous_holder["host"] == "another-node"
+    assert json.loads(held.read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not held.exists()
+
+
 def _children(pid: int) -> list[int]:
     children = []
     for task in os.listdir(f"/proc/{pid}/task"):

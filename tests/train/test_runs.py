@@ -180,10 +180,13 @@ def _wait_for_steps(launch, process: subprocess.Popen, run_dir: Path, steps: int
 
 
 def test_sigusr1_to_one_rank_saves_and_exits_every_rank_with_75(data_overrides, launch, tmp_path):
+    from seq2vae.checkpoint.saving import SAVE_TIMING_FILE
     from seq2vae.train.signals import REQUEUE_EXIT_CODE
 
     run_dir = tmp_path / "preempted"
-    process = _start_long_run(launch, CONFIGS / "debug-zero2.yaml", data_overrides, run_dir)
+    # Validation at every step: the stop is acted on before it, so the stopping step has none.
+    overrides = [*data_overrides, "validation.every_steps=1", "validation.max_batches=1"]
+    process = _start_long_run(launch, CONFIGS / "debug-zero2.yaml", overrides, run_dir)
     workers = _wait_for_steps(launch, process, run_dir, steps=6)
     os.kill(workers[1], signal.SIGUSR1)
     output, _ = process.communicate(timeout=180)
@@ -195,6 +198,11 @@ def test_sigusr1_to_one_rank_saves_and_exits_every_rank_with_75(data_overrides, 
     assert last_step < 4 + 5000
     # Our own line says what torchrun's "FAILED" means, once (rank 0).
     assert output.count(f"seq2vae train: preempted at step {last_step}: checkpoint") == 1, output[-6000:]
+    validated = [json.loads(line)["step"] for line in (run_dir / "validation.jsonl").read_text().splitlines()]
+    assert validated == list(range(1, last_step)), validated
+    # The save measured itself for the SLURM warning lead.
+    timing = json.loads((run_dir / "checkpoints" / SAVE_TIMING_FILE).read_text())
+    assert timing["step"] == last_step and timing["save_seconds"] > 0 and timing["step_seconds"] > 0, timing
 
 
 def test_a_killed_rank_ends_the_job_with_an_error(data_overrides, launch, tmp_path):
