@@ -240,7 +240,7 @@ class _Parses:
     def __init__(self, alternatives: list[tuple[float, int, tuple[str, ...]]]):
         self.alternatives = alternatives
 
-    def then(self, step) -> "_Parses":
+    def then(self, step) -> _Parses:
         """Extends every alternative by `step(words) -> [(probability, words left)]`."""
         return _Parses(
             [(p * q, n, rest) for p, n, words in self.alternatives for q, rest in step(words) if q > 0]
@@ -271,7 +271,7 @@ def _optional(options: list[str], probability: float):
     return lambda words: [(1.0 - probability, words), *chosen(words)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _clause_steps(factors: ClauseFactors) -> list[list]:
     """Per subject kind (singular, plural), the steps `_clause` takes, as parser steps."""
     topic, sentiment, tense = factors
@@ -357,18 +357,17 @@ def _body_words(text: str) -> list[tuple[str, ...]]:
     return found
 
 
-def _split_at_connectives(words: tuple[str, ...]) -> tuple[list[tuple[str, ...]], list[str]]:
-    """Clauses and the connectives between them (connective words occur nowhere else in the grammar)."""
-    clauses, connectives, current = [], [], []
+def _split_at_connectives(words: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The clauses between connectives (connective words occur nowhere else in the grammar)."""
+    clauses, current = [], []
     for word in words:
         if word in CONNECTIVES:
             clauses.append(tuple(current))
-            connectives.append(word)
             current = []
         else:
             current.append(word)
     clauses.append(tuple(current))
-    return clauses, connectives
+    return clauses
 
 
 def parse_sentence(text: str) -> SentenceParse:
@@ -384,7 +383,7 @@ def parse_sentence(text: str) -> SentenceParse:
     all_factors = list(itertools.product(FACTORS["topic"], FACTORS["sentiment"], FACTORS["tense"]))
     length_of_clauses = {CLAUSES_PER_LENGTH[name]: name for name in FACTORS["length"]}
     for words in _body_words(text):
-        clauses, connectives = _split_at_connectives(words)
+        clauses = _split_at_connectives(words)
         length = length_of_clauses.get(len(clauses))
         first = {f: _clause_probability(clauses[0], f) for f in all_factors}
         follows = []

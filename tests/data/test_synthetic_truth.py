@@ -7,7 +7,6 @@ import random
 import statistics
 
 import pytest
-
 from seq2vae.data import synthetic
 from seq2vae.data.synthetic import (
     CONNECTIVES,
@@ -120,7 +119,7 @@ def test_entropy_closed_form_agrees_with_the_mean_exact_nll_of_generated_sentenc
 class _Branch:
     """What `rng.random()` returns while enumerating: comparing it with a threshold p takes one branch."""
 
-    def __init__(self, rng: "_EnumeratingRandom"):
+    def __init__(self, rng: _EnumeratingRandom):
         self.rng = rng
 
     def __lt__(self, threshold: float) -> bool:
