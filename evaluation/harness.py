@@ -30,6 +30,9 @@ from ..config import ConfigError, doc
 from ..data.collate import collate
 from .rounds import plan_rounds
 from ..distributed import all_ranks, any_rank, collective_device, gather_objects, max_over_ranks, rank_and_world
+from ..model.prior import StandardNormalPrior
+from .diagnostics import posterior_diagnostics, synthetic_diagnostics, synthetic_log_probs
+from .latents import latent_sample
 from .metrics import (
     active_units,
     count_predicted_tokens,
@@ -42,9 +45,6 @@ from .metrics import (
     mutual_information,
     perplexity,
 )
-from ..model.prior import StandardNormalPrior
-from .diagnostics import posterior_diagnostics, synthetic_diagnostics, synthetic_log_probs
-from .latents import latent_sample
 from .probe import discrete_factors, encode_labels, linear_probe
 from .reconstruction import corpus_bleu, exact_match, token_accuracy
 

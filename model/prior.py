@@ -39,7 +39,12 @@ class StandardNormalPrior:
 
 
 class GaussianMixturePrior:
-    """A mixture of C diagonal Gaussians over z: weights [C], means [C,Z], log_variances [C,Z]."""
+    """A mixture of C diagonal Gaussians over z: weights [C], means [C,Z], log_variances [C,Z].
+
+    `temperature` scales the component deviations when sampling (1: the fitted density; below 1,
+    samples nearer the component means, which trades diversity for fidelity as in Glow or NVAE).
+    It is saved in the record; `log_prob` is always the fitted density.
+    """
 
     name = "gmm"
 
@@ -51,6 +56,7 @@ class GaussianMixturePrior:
             )
         self.weights, self.means, self.log_variances = weights.double(), means.double(), log_variances.double()
         self.record = record or {}
+        self.temperature = float(self.record.get("temperature", 1.0))
 
     @property
     def latent_dim(self) -> int:
@@ -73,14 +79,15 @@ class GaussianMixturePrior:
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         components = torch.multinomial(self.weights, num_samples, replacement=True, generator=generator)
         noise = torch.randn(num_samples, self.latent_dim, generator=generator, dtype=torch.float64)
-        return (self.means[components] + torch.exp(0.5 * self.log_variances[components]) * noise).float()
+        deviation = self.temperature * torch.exp(0.5 * self.log_variances[components])
+        return (self.means[components] + deviation * noise).float()
 
     def save(self, directory: str | Path) -> Path:
         """Writes prior_gmm.safetensors (tensors) and prior_gmm.json (how it was fitted) into a model directory."""
         directory = Path(directory)
         tensors = {"weights": self.weights, "means": self.means, "log_variances": self.log_variances}
         save_file({k: v.contiguous() for k, v in tensors.items()}, directory / GMM_FILE)
-        (directory / GMM_RECORD).write_text(json.dumps(self.record, indent=2))
+        (directory / GMM_RECORD).write_text(json.dumps({**self.record, "temperature": self.temperature}, indent=2))
         return directory / GMM_FILE
 
     @classmethod

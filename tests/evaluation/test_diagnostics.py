@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from seq2vae.data.collate import collate
 from seq2vae.data.synthetic import generate_corpus, parse_sentence, sentence_entropy
 from seq2vae.evaluation.data import load_samples
@@ -22,10 +21,15 @@ from seq2vae.evaluation.diagnostics import (
     synthetic_log_probs,
     text_quality,
 )
-from seq2vae.evaluation.harness import EvalConfig, evaluate, posterior_pass, sentence_noise
+from seq2vae.evaluation.harness import (
+    EvalConfig,
+    evaluate,
+    posterior_pass,
+    sentence_noise,
+)
 from seq2vae.evaluation.metrics import gaussian_kl, mutual_information
+from seq2vae.evaluation.prior_fit import fit_learned_prior
 from seq2vae.model import Seq2SeqVAE
-from seq2vae.model.prior import fit_gaussian_mixture
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +99,7 @@ def test_the_gaussian_bound_is_below_the_mixture_mismatch_and_the_identity_holds
     kl = gaussian_kl(mu, logvar)
     mean, covariance = moment_matched_gaussian(mu, logvar)
     assert torch.allclose(mean, mu.double().mean(0))
+    assert torch.allclose(covariance.diagonal(), mu.double().var(0, unbiased=False) + 0.5)
     # mismatch(Gaussian) <= KL(q(z) || p) = mean KL - I, with I from a many-sample mixture estimate.
     z = torch.cat([mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator) for _ in range(20)])
     mi = mutual_information(mu.repeat(20, 1), logvar.repeat(20, 1), z).nats
@@ -160,8 +165,8 @@ def test_gaps_to_the_true_nll_and_the_entropy_ceiling():
 
 
 def test_evaluate_reports_the_diagnostics_and_both_priors_side_by_side(t5, t5_samples):
-    mu, logvar = t5.encode_text([s["text"] for s in t5_samples])
-    prior = fit_gaussian_mixture(mu.detach() + 0.1 * torch.randn(mu.shape), 2, generator=torch.Generator().manual_seed(0))
+    prior = fit_learned_prior(t5, t5_samples, num_components=2, temperature=0.5)
+    assert prior.record["num_sentences"] == 20 and prior.temperature == 0.5
     config = EvalConfig(iw_samples=3, batch_size=8, max_reconstructions=0, num_prior_samples=3, num_interpolations=1,
                         interpolation_steps=3, max_new_tokens=8, free_bits=0.5)
     result = evaluate(t5, t5_samples, config, learned_prior=prior)
