@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 
 import torch
-
 from seq2vae.data.synthetic import parse_sentence
 from seq2vae.evaluation.data import load_samples
 from seq2vae.evaluation.diagnostics import text_quality
-from seq2vae.evaluation.prior_fit import encode_posteriors, fit_learned_prior
+from seq2vae.evaluation.prior_fit import encode_posteriors, posterior_draws
 from seq2vae.model import Seq2SeqVAE
-from seq2vae.model.prior import StandardNormalPrior
+from seq2vae.model.prior import StandardNormalPrior, fit_gaussian_mixture
 
 
 def decode(vae, z: torch.Tensor, batch: int = 100) -> list[str]:
@@ -56,14 +55,18 @@ def main() -> None:
               f"distinct {100 * quality['distinct']:5.1f}%  factor combinations {quality['factor_combinations']:3d}/108"
               + (f"  (fit {seconds:.1f} s)" if seconds else ""), flush=True)
 
-    generator = lambda: torch.Generator().manual_seed(1)  # noqa: E731  the same draws for every prior
+    generator = lambda: torch.Generator().manual_seed(1)  # the same draws for every prior
     row("N(0, I)", StandardNormalPrior(vae.config.latent_dim).sample(args.samples, generator()))
+    start = time.perf_counter()
+    points = posterior_draws(*encode_posteriors(vae, train), draws_per_sentence=2, seed=0)
+    print(f"encoded {len(train)} training sentences in {time.perf_counter() - start:.1f} s", flush=True)
     for components in [int(c) for c in args.components.split(",")]:
+        start = time.perf_counter()
+        prior = fit_gaussian_mixture(points, components, generator=torch.Generator().manual_seed(0))
+        seconds = time.perf_counter() - start
         for temperature in [float(t) for t in args.temperatures.split(",")]:
-            start = time.perf_counter()
-            prior = fit_learned_prior(vae, train, num_components=components, temperature=temperature)
-            row(f"GMM {components}, temperature {temperature:g}", prior.sample(args.samples, generator()),
-                time.perf_counter() - start)
+            prior.temperature = temperature
+            row(f"GMM {components}, temperature {temperature:g}", prior.sample(args.samples, generator()), seconds)
     mu, logvar = encode_posteriors(vae, valid)
     row("reference: z ~ q(z|x) held-out", mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator()))
     row("reference: mu held-out", mu)

@@ -49,6 +49,14 @@ def encode_posteriors(vae, samples: list[dict], batch_size: int = 64) -> tuple[t
     return torch.cat(mus), torch.cat(logvars)
 
 
+def posterior_draws(mu: torch.Tensor, logvar: torch.Tensor, draws_per_sentence: int, seed: int) -> torch.Tensor:
+    """[draws x N, Z] samples z ~ q(z|x): the aggregate posterior's points the mixture is fitted to."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.cat(
+        [mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator) for _ in range(draws_per_sentence)]
+    )
+
+
 def fit_learned_prior(
     vae, samples: list[dict], *, num_components: int = 64, draws_per_sentence: int = 2, temperature: float = 1.0,
     seed: int = 0, batch_size: int = 64,
@@ -60,12 +68,8 @@ def fit_learned_prior(
     """
     if temperature <= 0:
         raise FitPriorError(f"temperature must be > 0, got {temperature}")
-    mu, logvar = encode_posteriors(vae, samples, batch_size)
-    generator = torch.Generator().manual_seed(seed)
-    points = torch.cat(
-        [mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator) for _ in range(draws_per_sentence)]
-    )
-    prior = fit_gaussian_mixture(points, num_components, generator=generator)
+    points = posterior_draws(*encode_posteriors(vae, samples, batch_size), draws_per_sentence, seed)
+    prior = fit_gaussian_mixture(points, num_components, generator=torch.Generator().manual_seed(seed))
     prior.temperature = temperature
     prior.record.update({"num_sentences": len(samples), "draws_per_sentence": draws_per_sentence,
                          "seed": seed})
