@@ -45,7 +45,7 @@ from .monitor import make_monitor
 from .failures import agree_on_user_error
 from .preflight import check_before_run, world_size_from_environment
 from .run_lock import hold_run_directory
-from .schedules import beta_at, lr_at
+from .schedules import beta_at, lr_at, next_kl_target_beta
 from .signals import REQUEUE_EXIT_CODE, StopRequest
 from .throughput import make_throughput_window
 
@@ -145,6 +145,8 @@ class Trainer:
         self.step = 0
         self.resumed_from: Path | None = None
         self.skips = SkipCounter(config.optim.max_consecutive_skips)
+        # kind kl_target: beta is controller state, kept in checkpoints (set when a phase starts or on resume).
+        self.kl_target_beta: float | None = None
         loader_state = self._resume()
         self.loader = build_loader(
             config.data.train,
@@ -177,6 +179,7 @@ class Trainer:
         self.resumed_from = path
         self.step = shared["step"]
         self.skips.consecutive, self.skips.total = shared["consecutive_skips"], shared["total_skips"]
+        self.kl_target_beta = shared.get("kl_target_beta")
         if "rng" in mine:
             restore_rng(mine["rng"], self.noise_generator)
         else:  # resumed on another world size: fresh per-rank streams, distinct from those of step 0
@@ -198,6 +201,8 @@ class Trainer:
             "step_in_phase": step_in_phase,  # with the step, all the beta schedule needs
             "consecutive_skips": self.skips.consecutive,
             "total_skips": self.skips.total,
+            # The controller's beta, when the next step continues the phase that set it.
+            "kl_target_beta": self.kl_target_beta if phase_index == self._phase_index else None,
         }
         rank_state = {"data": self.loader.state_dict(), "rng": capture_rng(self.noise_generator)}
         return save_checkpoint(
@@ -210,6 +215,8 @@ class Trainer:
             return
         phase = self.config.phases[index]
         set_frozen(self.parts.groups, self.parts.optimizer, phase.freeze)
+        if self._phase_index is not None or self.kl_target_beta is None:  # not the phase a resume continues
+            self.kl_target_beta = phase.beta.start if phase.beta.kind == "kl_target" else None
         self._phase_index = index
         frozen = ", ".join(phase.freeze) or "nothing"
         self.monitor.message(f"phase {index + 1}/{len(self.config.phases)} {phase.name!r}: {phase.steps} steps, frozen: {frozen}")
@@ -227,7 +234,8 @@ class Trainer:
     def train_step(self, phase: PhaseConfig, step_in_phase: int) -> StepResult:
         """One optimizer step: `accumulation` micro-batches, forward, agreed finiteness, backward, step."""
         started = time.perf_counter()
-        beta = beta_at(phase.beta, step_in_phase, phase.steps)
+        controlled = phase.beta.kind == "kl_target"
+        beta = self.kl_target_beta if controlled else beta_at(phase.beta, step_in_phase, phase.steps)
         set_learning_rate(self.parts.optimizer, lr_at(self.config.optim, self.step, self.config.total_steps))
         totals = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "kl_thresholded": 0.0}
         skipped, data_wait, num_tokens, num_samples, num_source_tokens = False, 0.0, 0, 0, 0
@@ -267,6 +275,10 @@ class Trainer:
         # so every rank drops the step and counts it.
         dropped = not skipped and not applied
         totals["beta"] = beta
+        if controlled and not (skipped or dropped):  # the same decision and the same KL on every rank
+            achieved = self._mean_over_ranks({"kl": totals["kl"]})["kl"]
+            self.kl_target_beta = next_kl_target_beta(beta, achieved, phase.beta)
+            totals["kl_target"] = phase.beta.target_kl
         return StepResult(
             parts=totals,
             skipped=skipped or dropped,
@@ -369,6 +381,7 @@ class Trainer:
             seed=self.config.seed,
             num_reconstructions=settings.num_reconstructions,
             mi_mini_batch_size=settings.mi_mini_batch_size,
+            free_bits=self.config.phases[self._phase_index].free_bits if self._phase_index is not None else None,
         )
         scalars = {f"eval/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.monitor.scalars(self.step, scalars, record="validation.jsonl")
