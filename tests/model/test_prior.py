@@ -45,7 +45,7 @@ def test_log_prob_is_a_density_and_matches_the_standard_normal_for_one_unit_comp
     assert torch.allclose(unit.log_prob(z), StandardNormalPrior(3).log_prob(z), atol=1e-9)
     # Integrates to 1 over a grid (1-D, two components).
     prior = GaussianMixturePrior(torch.tensor([0.3, 0.7]), torch.tensor([[-1.0], [2.0]]), torch.tensor([[0.0], [-1.0]]))
-    grid = torch.linspace(-12, 12, 20001)[:, None]
+    grid = torch.linspace(-12, 12, 20001, dtype=torch.float64)[:, None]
     assert float(prior.log_prob(grid).exp().sum() * (grid[1, 0] - grid[0, 0])) == pytest.approx(1.0, abs=1e-6)
 
 
