@@ -73,6 +73,7 @@ def _seq2vae(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "seq2vae", *args], capture_output=True, text=True, timeout=300, check=False)
 
 
+@pytest.mark.slow
 def test_fit_prior_then_generate_samples_from_it_and_says_so(tiny_t5_dir, tmp_path):
     from seq2vae.data.synthetic import write_jsonl
 
