@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 
-# Share of the learned prior's samples that the synthetic grammar accepts (bench/RESULTS.md, i19's section).
-QUICKSTART_PRIOR_GRAMMATICAL = 0.9
+# Share of the learned prior's samples the synthetic grammar accepts: 90.7% of 300 in bench/RESULTS.md
+# ("Prior samples"); the eval scores 100, whose sampling error (about 3 points) the margin covers.
+QUICKSTART_PRIOR_GRAMMATICAL = 0.85
 
 
 def test_quickstart_trains_a_model_that_reconstructs_and_has_not_collapsed(tmp_path):
