@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "quickstart": (".commands.quickstart", "main", "synthetic corpus -> shards -> train -> eval, on CPU"),
     "export": (".checkpoint.export", "main", "write a save_pretrained directory from a run's checkpoint"),
     "generate": (".model.cli", "main", "reconstruct, sample and interpolate with a trained model"),
+    "fit-prior": (".evaluation.prior_fit", "main", "fit a Gaussian-mixture prior to a model's aggregate posterior"),
     "sweep": (".commands.sweep", "main", "run a sweep table's rows one after another on this machine, then report"),
     "report": (".evaluation.study_report", "main", "markdown + CSV + figures comparing runs or eval results"),
     "plan": (".commands.plan", "main", "will a config fit a cluster: memory per rank and node, traffic, FLOPs, advice"),

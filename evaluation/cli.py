@@ -39,6 +39,7 @@ from ..checkpoint.saving import latest_checkpoint
 from ..checkpoint.export import export_run
 from ..model.vae import BACKBONE_SUBDIR, saved_tokenizer
 from ..model import Seq2SeqVAE
+from ..model.prior import saved_prior
 
 logger = logging.getLogger("seq2vae.eval")
 EXPORT_POLL_S = 1.0
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             batch = eval_batch(config.iw_samples, config.batch_size, config.decoder_batch_size, device, longest)
             with _loaded_model(model_dir, device, args.placement, batch) as (vae, placement):
                 logger.info("evaluating %d sentences from %s with K=%d", len(samples), args.data, config.iw_samples)
-                result = evaluate(vae, samples, config)
+                learned_prior = saved_prior(model_dir)  # sampled beside N(0, I) when `seq2vae fit-prior` saved one
+                result = evaluate(vae, samples, config, learned_prior=learned_prior)
         except (FileNotFoundError, ValueError) as error:
             raise _as_user_error(error) from error
         if rank != 0:
@@ -120,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             "split": args.split if data_info.get("kind") == "shards" else None,
             "iw_samples": config.iw_samples,
             "seed": config.seed,
+            "learned_prior": learned_prior.record if learned_prior is not None else None,
             "conventions": CONVENTIONS,
             "versions": _versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -38,6 +38,9 @@ from ..distributed import (
     rank_and_world,
     resident_under_zero3,
 )
+from ..model.prior import StandardNormalPrior
+from .diagnostics import posterior_diagnostics, synthetic_diagnostics, synthetic_log_probs
+from .latents import latent_sample
 from .metrics import (
     active_units,
     count_predicted_tokens,
@@ -50,7 +53,6 @@ from .metrics import (
     mutual_information,
     perplexity,
 )
-from .latents import latent_sample
 from .probe import discrete_factors, encode_labels, linear_probe
 from .reconstruction import corpus_bleu, exact_match, token_accuracy
 
@@ -89,7 +91,14 @@ class EvalConfig:
     active_unit_delta: float = doc(0.01, "a latent dimension is active when Var_x[mu_d] exceeds this")
     max_reconstructions: int | None = doc(None, "sentences decoded greedily from mu for reconstruction metrics (None: all)")
     num_examples: int = doc(5, "reconstructions shown in the report")
-    num_prior_samples: int = doc(5, "sentences decoded from z ~ N(0, I)")
+    num_prior_samples: int = doc(
+        100, "sentences decoded from each prior (N(0, I), and the learned prior when the model has one); "
+        "on the synthetic corpus their grammaticality is scored"
+    )
+    free_bits: float | None = doc(
+        None, "the training free-bits threshold (nats per dimension): reports the share of KL terms below it "
+        "(no gradient there); None: not reported"
+    )
     num_interpolations: int = doc(2, "sentence pairs (0,1), (2,3), ... interpolated between their posterior means")
     interpolation_steps: int = doc(5, "points on each interpolation line, endpoints included")
     max_new_tokens: int = doc(64, "generation cap for prior samples and interpolations")
@@ -133,9 +142,13 @@ CONVENTIONS = {
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def sentence_noise(seed: int, sentence_index: int, num_samples: int, latent_dim: int) -> torch.Tensor:
-    """Standard-normal draws [K, Z] for one sentence, a function of (seed, sentence index) only."""
-    state = np.random.SeedSequence([seed, sentence_index]).generate_state(1, dtype=np.uint64)[0]
+def sentence_noise(seed: int, sentence_index: int, num_samples: int, latent_dim: int, stream: int = 0) -> torch.Tensor:
+    """Standard-normal draws [K, Z] for one sentence, a function of (seed, sentence index, stream) only.
+
+    Stream 0 feeds the posterior samples; stream 1 the sentence's prior draw (decoder reliance).
+    """
+    entropy = [seed, sentence_index] if stream == 0 else [seed, sentence_index, stream]
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
     generator = torch.Generator().manual_seed(int(state))
     return torch.randn(num_samples, latent_dim, generator=generator)
 
@@ -169,7 +182,9 @@ def _pad_token_id(vae) -> int:
     return vae.backbone.config.pad_token_id
 
 
-def posterior_pass(vae, batch: dict, noise: torch.Tensor, samples_per_call: int) -> dict[str, torch.Tensor]:
+def posterior_pass(
+    vae, batch: dict, noise: torch.Tensor, samples_per_call: int, prior_z: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Encodes a batch and scores K posterior samples per sentence through batched decoder calls.
 
     Args:
@@ -177,7 +192,10 @@ def posterior_pass(vae, batch: dict, noise: torch.Tensor, samples_per_call: int)
         noise: [B,K,Z] standard-normal draws; z_k = mu + sigma * noise_k. Sample 0 also serves as the
             single z of the reconstruction term and of the MI estimate.
         samples_per_call: samples per sentence in one `log_likelihood` call ([B, k, Z] -> [B, k]).
-    Returns: CPU float32 tensors mu, logvar, z0 [B,Z]; recon_nll, kl, iw_log_px, num_tokens [B].
+        prior_z: [B,Z] draws from N(0, I); when given, two more decoder calls score each sentence
+            with the next sentence's z0 (NaN in a batch of one) and with its prior z (decoder reliance).
+    Returns: CPU float32 tensors mu, logvar, z0 [B,Z]; recon_nll, kl, iw_log_px, num_tokens [B];
+        with prior_z also recon_nll_other_z, recon_nll_prior_z [B].
     """
     device, dtype = _device_and_dtype(vae)
     labels = batch["labels"].to(device)
@@ -193,7 +211,17 @@ def posterior_pass(vae, batch: dict, noise: torch.Tensor, samples_per_call: int)
         dim=1,
     )  # [B,K]
     iw_log_px = iw_log_likelihood(log_px_z, log_standard_normal(z), log_normal(z, mu[:, None], logvar[:, None]))
+    reliance = {}
+    if prior_z is not None:
+        other = -vae.log_likelihood(torch.roll(z[:, 0], 1, dims=0).to(dtype), labels).float()
+        if labels.shape[0] == 1:
+            other = torch.full_like(other, float("nan"))  # the only other z is its own
+        reliance = {
+            "recon_nll_other_z": other.cpu(),
+            "recon_nll_prior_z": -vae.log_likelihood(prior_z.to(device, dtype), labels).float().cpu(),
+        }
     return {
+        **reliance,
         "mu": mu.cpu(),
         "logvar": logvar.cpu(),
         "z0": z[:, 0].cpu(),
@@ -272,6 +300,7 @@ def summarize(
     active_unit_delta: float,
     num_words: int | None,
     device: torch.device | None = None,
+    free_bits: float | None = None,
 ) -> tuple[dict, list[str]]:
     """Corpus metrics from per-sentence results in global order.
 
@@ -279,6 +308,7 @@ def summarize(
         stats: mu, logvar, z0 [N,Z]; recon_nll, kl, iw_log_px, num_tokens [N].
         num_words: total whitespace words + EOS of what was scored, or None when texts are unknown.
         device: where the O(N^2 Z) dataset MI runs (a GPU makes N = 10^5 quick); CPU by default.
+        free_bits: the training free-bits threshold whose floor occupancy is reported (None: not reported).
     Returns: (flat dict of scalar metrics, human-readable notes about collapse / undefined values).
     """
     notes: list[str] = []
@@ -308,6 +338,9 @@ def summarize(
         {"mi_dataset": mi.nats, "mi_dataset_components": mi.num_components, "mi_mini_batch": mini.nats,
          "mi_mini_batch_size": mini.num_components, "mi_mini_batch_aggregate": mini.aggregate}
     )
+    diagnostics, diagnostic_notes = posterior_diagnostics(stats, mi.nats, mi.num_components, free_bits)
+    metrics.update(diagnostics)
+    notes += diagnostic_notes
     if num_sentences < 2:
         metrics.update({"active_units": None, "mu_variance": None})
         notes.append(f"active units undefined: the variance of mu needs at least 2 sentences, got N={num_sentences}")
@@ -395,14 +428,16 @@ def _probe_report(mu: torch.Tensor, samples: list[dict], config: EvalConfig) -> 
     return results
 
 
-def _prior_and_interpolations(vae, mu: torch.Tensor, samples: list[dict], config: EvalConfig) -> tuple[list, list]:
-    """Same inputs on every rank (seeded prior draws, gathered mu), so every rank runs identical generations."""
+def _prior_and_interpolations(vae, mu: torch.Tensor, samples: list[dict], config: EvalConfig, priors: list) -> tuple[dict, list]:
+    """Same inputs on every rank (seeded prior draws, gathered mu), so every rank runs identical generations.
+
+    Returns ({prior name: decoded samples}, interpolations); every prior gets the same seed.
+    """
     device, _ = _device_and_dtype(vae)
-    prior_samples: list[str] = []
-    if config.num_prior_samples > 0:
-        generator = torch.Generator().manual_seed(config.seed)
-        z = torch.randn(config.num_prior_samples, mu.shape[1], generator=generator)
-        prior_samples = _decode_texts(vae, greedy_decode(vae, z.to(device), config.max_new_tokens)) or []
+    samples_by_prior: dict[str, list[str]] = {}
+    for prior in priors if config.num_prior_samples > 0 else []:
+        z = prior.sample(config.num_prior_samples, torch.Generator().manual_seed(config.seed))
+        samples_by_prior[prior.name] = _decode_texts(vae, greedy_decode(vae, z.to(device), config.max_new_tokens)) or []
     interpolations = []
     num_pairs = min(config.num_interpolations, mu.shape[0] // 2)
     weights = torch.linspace(0, 1, config.interpolation_steps)[:, None]  # [steps, 1]
@@ -413,7 +448,7 @@ def _prior_and_interpolations(vae, mu: torch.Tensor, samples: list[dict], config
         interpolations.append(
             {"from": samples[first]["text"], "to": samples[second]["text"], "steps": texts or []}
         )
-    return prior_samples, interpolations
+    return samples_by_prior, interpolations
 
 
 # ---------------------------------------------------------------------------------------------- drivers
@@ -436,7 +471,8 @@ def _score_all_sentences(vae, samples: list[dict], config: EvalConfig) -> tuple[
         indices = list(range(batch_index * config.batch_size, min((batch_index + 1) * config.batch_size, num_sentences)))
         batch = collate([samples[i] for i in indices], pad_token_id)
         noise = torch.stack([sentence_noise(config.seed, i, config.iw_samples, vae.config.latent_dim) for i in indices])
-        result = posterior_pass(vae, batch, noise, per_call)
+        prior_z = torch.cat([sentence_noise(config.seed, i, 1, vae.config.latent_dim, stream=1) for i in indices])
+        result = posterior_pass(vae, batch, noise, per_call, prior_z)
         decoded = None
         if round_.first_sentence < max_reconstructions:  # the same decision on every rank
             decoded = greedy_decode(vae, result["mu"].to(device), batch["labels"].shape[1] + 8)
@@ -453,14 +489,17 @@ def _score_all_sentences(vae, samples: list[dict], config: EvalConfig) -> tuple[
     return stats, hypotheses
 
 
-def evaluate(model, samples: list[dict], config: EvalConfig | None = None) -> dict:
+def evaluate(model, samples: list[dict], config: EvalConfig | None = None, learned_prior=None) -> dict:
     """Every metric on `samples` (the same list, same order, on every rank).
 
     Args:
         model: a Seq2SeqVAE (or a wrapper with `.module`).
         samples: dicts {"input_ids": int array ending in EOS, "text": str, "meta": dict}.
-    Returns: {"metrics": flat scalars, "reconstruction", "probes", "prior_samples", "interpolations",
-        "notes", "config", "world_size"}, identical on every rank.
+        learned_prior: a prior fitted to the aggregate posterior (`seq2vae.model.prior`), sampled
+            beside N(0, I) and reported side by side; None for N(0, I) alone.
+    Returns: {"metrics": flat scalars, "reconstruction", "probes", "prior_samples" (N(0, I)),
+        "samples_by_prior", "interpolations", "notes", "config", "world_size"}, identical on every rank.
+        When the texts are the synthetic corpus, metrics include its ground truth (diagnostics.py).
     Raises: ValueError when there is nothing to evaluate.
     """
     config = config or EvalConfig()
@@ -476,6 +515,7 @@ def evaluate(model, samples: list[dict], config: EvalConfig | None = None) -> di
             active_unit_delta=config.active_unit_delta,
             num_words=num_words,
             device=_device_and_dtype(vae)[0],
+            free_bits=config.free_bits,
         )
         metrics["num_truncated"] = num_truncated
         if num_words is None:
@@ -484,12 +524,21 @@ def evaluate(model, samples: list[dict], config: EvalConfig | None = None) -> di
             notes.append(
                 f"{num_truncated} of {len(samples)} sentences were truncated: their per-word count covers the kept tokens only"
             )
-        prior_samples, interpolations = _prior_and_interpolations(vae, stats["mu"], samples, config)
+        priors = [StandardNormalPrior(vae.config.latent_dim), *([learned_prior] if learned_prior is not None else [])]
+        samples_by_prior, interpolations = _prior_and_interpolations(vae, stats["mu"], samples, config, priors)
+    for name, texts in samples_by_prior.items():
+        metrics[f"prior_{name}_distinct"] = len(set(texts)) / len(texts) if texts else None
+    true_log_prob = synthetic_log_probs([s.get("text") for s in samples])
+    if true_log_prob is not None:
+        metrics.update(
+            synthetic_diagnostics(metrics, stats, true_log_prob, samples_by_prior, [i["steps"] for i in interpolations])
+        )
     return {
         "metrics": metrics,
         "reconstruction": _reconstruction_report(hypotheses, samples, vae, config.num_examples),
         "probes": _probe_report(stats["mu"], samples, config),
-        "prior_samples": prior_samples,
+        "prior_samples": samples_by_prior.get(StandardNormalPrior.name, []),
+        "samples_by_prior": samples_by_prior,
         "interpolations": interpolations,
         "latents": latent_sample(stats["mu"], samples, config.num_saved_latents),
         "notes": notes,
@@ -509,6 +558,7 @@ def validate(
     decoder_batch_size: int | None = None,
     mi_mini_batch_size: int = 32,
     active_unit_delta: float = 0.01,
+    free_bits: float | None = None,
 ) -> dict:
     """Cheap periodic validation on each rank's own batches: recon, KL, -ELBO, IW-NLL (small K), PPL, MI, AU.
 
@@ -544,7 +594,8 @@ def validate(
             batch = batch if real else first_batch
             batch_size = batch["labels"].shape[0]
             noise = torch.randn(batch_size, num_samples, vae.config.latent_dim, generator=generator)
-            result = posterior_pass(vae, batch, noise, per_call)
+            prior_z = torch.randn(batch_size, vae.config.latent_dim, generator=generator)
+            result = posterior_pass(vae, batch, noise, per_call, prior_z)
             if round_index == 0 and num_reconstructions > 0:
                 # Every rank generates (collective under ZeRO-3); only rank 0's examples are kept.
                 count = min(num_reconstructions, batch_size)
@@ -569,7 +620,7 @@ def validate(
         return {"num_sentences": 0, "notes": ["validate: no validation batches"], "reconstructions": []}
     metrics, notes = summarize(
         _merge(ordered), mi_mini_batch_size=mi_mini_batch_size, active_unit_delta=active_unit_delta, num_words=None,
-        device=device,
+        device=device, free_bits=free_bits,
     )
     # Scalars only (training logs them); per-word perplexity needs texts, which batches do not carry.
     metrics = {k: v for k, v in metrics.items() if not isinstance(v, list) and "per_word" not in k and k != "num_words"}

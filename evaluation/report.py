@@ -47,6 +47,7 @@ def _rows(result: dict) -> list[tuple[str, str]]:
             "active units (Var mu_d > delta)",
             "-" if active is None else f"{active}/{get('latent_dim')} (delta {get('active_unit_delta')})",
         ),
+        *_diagnostic_rows(metrics),
         ("reconstruction token accuracy", _percent(reconstruction.get("token_accuracy"))),
         ("reconstruction exact match", _percent(reconstruction.get("exact_match"))),
         ("reconstruction BLEU", _number(reconstruction.get("bleu"))),
@@ -56,6 +57,35 @@ def _rows(result: dict) -> list[tuple[str, str]]:
             (f"probe '{name}' held-out acc (majority)", f"{_percent(probe['accuracy'])} ({_percent(probe['majority_baseline'])})")
         )
     return rows
+
+
+PRIOR_LABELS = {"standard_normal": "N(0, I)", "gmm": "learned GMM"}
+SHOWN_PRIOR_SAMPLES = 5
+
+
+def _diagnostic_rows(metrics: dict) -> list[tuple[str, str]]:
+    """Rows of evaluation/diagnostics.py's metrics that are present (older results lack them)."""
+    get = metrics.get
+    saturated = get("mi_saturated")
+    rows = [
+        ("MI at its ceiling log N (saturated)", "-" if saturated is None else ("yes" if saturated else "no")),
+        ("MI upper bound: KL - Gaussian mismatch (nats)", _number(get("mi_upper_bound"))),
+        ("prior mismatch KL(q(z)||p) >= (Gaussian fit)", _number(get("prior_mismatch_gaussian"))),
+        ("prior mismatch KL - MI (mixture)", _number(get("prior_mismatch_mixture"))),
+        ("recon NLL with own z / other z / prior z",
+         " / ".join(_number(get(k)) for k in ("recon_nll_own_z", "recon_nll_other_z", "recon_nll_prior_z"))),
+        ("decoder reliance: NLL gain of own z vs other z", _number(get("reliance_gain_vs_other_z"))),
+        (f"KL terms below free bits ({get('free_bits_threshold')})", _percent(get("free_bits_share_below"))),
+        ("true NLL (synthetic grammar, nats)", _number(get("true_nll"))),
+        ("data entropy H(x) (nats)", _number(get("data_entropy"))),
+        ("-ELBO gap to true NLL", _number(get("neg_elbo_gap_to_true_nll"))),
+        ("IW-NLL gap to true NLL", _number(get("iw_nll_gap_to_true_nll"))),
+    ]
+    for name, label in PRIOR_LABELS.items():
+        rows.append((f"prior samples grammatical, {label}", _percent(get(f"prior_{name}_grammatical"))))
+        rows.append((f"prior samples distinct, {label}", _percent(get(f"prior_{name}_distinct"))))
+    rows.append(("interpolation points grammatical", _percent(get("interpolation_grammatical"))))
+    return [(label, value) for label, value in rows if value.strip("-/ ")]
 
 
 def format_table(result: dict) -> str:
@@ -70,9 +100,11 @@ def format_table(result: dict) -> str:
         lines.append("reconstructions (greedy from mu):")
         for example in examples:
             lines += [f"  in : {example['input']}", f"  out: {example['reconstruction']}"]
-    if result.get("prior_samples"):
-        lines.append("samples from the prior:")
-        lines += [f"  {text}" for text in result["prior_samples"]]
+    by_prior = result.get("samples_by_prior") or {"standard_normal": result.get("prior_samples", [])}
+    for name, texts in by_prior.items():
+        if texts:
+            lines.append(f"samples from the prior {PRIOR_LABELS.get(name, name)} (first {min(len(texts), SHOWN_PRIOR_SAMPLES)} of {len(texts)}):")
+            lines += [f"  {text}" for text in texts[:SHOWN_PRIOR_SAMPLES]]
     for interpolation in result.get("interpolations", []):
         lines.append(f"interpolation: {interpolation['from']!r} -> {interpolation['to']!r}")
         lines += [f"  {text}" for text in interpolation["steps"]]

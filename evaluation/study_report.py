@@ -37,6 +37,15 @@ METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
     ("active_units", "AU"),
     ("latent_dim", "Z"),
     ("bleu", "BLEU"),
+    # evaluation/diagnostics.py: the numbers that tell a VAE from an autoencoder (docs/diagnostics.md).
+    ("mi_saturated", "MI at log N"),
+    ("mi_upper_bound", "MI <="),
+    ("prior_mismatch_gaussian", "KL(q(z)||p) >="),
+    ("reliance_gain_vs_other_z", "reliance (nats)"),
+    ("free_bits_share_below", "below free bits"),
+    ("iw_nll_gap_to_true_nll", "IW-NLL - true NLL"),
+    ("prior_standard_normal_grammatical", "grammatical N(0,I)"),
+    ("prior_gmm_grammatical", "grammatical GMM"),
 )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .prior import GMM_FILE, saved_prior
 
 
 class GenerateArgumentError(UserError):
@@ -45,11 +46,24 @@ def check_args(args: argparse.Namespace) -> None:
         )
 
 
+def _chosen_prior(model: Path, choice: str):
+    """The learned prior for `--prior gmm` / `auto` (None means N(0, I))."""
+    learned = saved_prior(model)
+    if choice == "gmm" and learned is None:
+        raise GenerateArgumentError(f"--prior gmm: {model} has no {GMM_FILE}; fit one with `seq2vae fit-prior --model {model} ...`")
+    return None if choice == "standard_normal" else learned
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seq2vae generate", description=__doc__)
     parser.add_argument("--model", required=True, help="a save_pretrained / `seq2vae export` directory")
     parser.add_argument("--reconstruct", nargs="+", metavar="TEXT", default=[], help="texts to decode from their posterior mean")
     parser.add_argument("--sample", type=int, default=0, metavar="N", help="decode N codes drawn from the prior")
+    parser.add_argument(
+        "--prior", choices=("auto", "standard_normal", "gmm"), default="auto",
+        help="prior of --sample: gmm is the mixture `seq2vae fit-prior` saved in the model directory, "
+        "standard_normal is N(0, I); auto takes gmm when there is one (default: %(default)s)",
+    )
     parser.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="decode points between two texts' codes")
     parser.add_argument("--steps", type=int, default=5, help="points on an interpolation, end points included")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -82,7 +96,9 @@ def main(argv: list[str]) -> int:
         ]
     if args.sample:
         generator = torch.Generator().manual_seed(args.seed)
-        results["samples"] = vae.sample(args.sample, generator=generator, **decoding)
+        prior = _chosen_prior(Path(args.model), args.prior)
+        results["prior"] = "standard_normal" if prior is None else f"gmm (temperature {prior.temperature:g})"
+        results["samples"] = vae.sample(args.sample, generator=generator, prior=prior, **decoding)
     if args.interpolate:
         results["interpolation"] = vae.interpolate(*args.interpolate, steps=args.steps, **decoding)
     if args.json:
@@ -90,6 +106,8 @@ def main(argv: list[str]) -> int:
         return 0
     for item in results.get("reconstructions", []):
         print(f"input:  {item['input']}\noutput: {item['output']}\n")
+    if "samples" in results:
+        print(f"samples from the prior: {results['prior']}")
     for index, text in enumerate(results.get("samples", [])):
         print(f"sample {index}: {text}")
     for index, text in enumerate(results.get("interpolation", [])):

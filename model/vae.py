@@ -354,10 +354,14 @@ class Seq2SeqVAE(nn.Module):
         return self._decode_text(mu, **generate_kwargs)
 
     @torch.no_grad()
-    def sample(self, num_samples: int, generator: torch.Generator | None = None, **generate_kwargs) -> list[str]:
-        """Decodes `num_samples` codes drawn from the prior N(0, I)."""
+    def sample(self, num_samples: int, generator: torch.Generator | None = None, prior=None, **generate_kwargs) -> list[str]:
+        """Decodes `num_samples` codes drawn from `prior` (`seq2vae.model.prior`: a learned one), N(0, I) when None."""
         parameter = next(self.parameters())
-        z = torch.randn(num_samples, self.config.latent_dim, generator=generator).to(parameter.device, parameter.dtype)
+        if prior is None:
+            z = torch.randn(num_samples, self.config.latent_dim, generator=generator)
+        else:
+            z = prior.sample(num_samples, generator)
+        z = z.to(parameter.device, parameter.dtype)
         return self._decode_text(z, **generate_kwargs)
 
     @torch.no_grad()

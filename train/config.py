@@ -42,12 +42,13 @@ class DataConfig:
 
 @dataclass
 class BetaSchedule:
-    kind: Literal["constant", "linear", "cyclical", "optimus"] = doc(
+    kind: Literal["constant", "linear", "cyclical", "optimus", "kl_target"] = doc(
         "constant",
         "constant: beta = value; linear: ramp start -> value over the warm-up, then value; cyclical "
         "(Fu et al. 2019): `cycles` cycles, each ramping start -> value over a fraction `ratio` of the "
         "cycle then holding; optimus (Li et al. 2020): start for the first 50% of the phase, a linear "
-        "ramp over the next 25%, then value",
+        "ramp over the next 25%, then value; kl_target: a controller moves beta within [start, value] so "
+        "that the mean KL per sentence reaches `target_kl` (logged as train/kl beside train/kl_target)",
     )
     value: float = doc(1.0, "the (maximum) KL weight beta")
     start: float = doc(0.0, "beta at the start of a ramp (linear, cyclical, optimus)")
@@ -55,6 +56,8 @@ class BetaSchedule:
     warmup_steps: int | None = doc(None, "linear: length of the ramp in steps (overrides warmup_fraction)")
     cycles: int = doc(4, "cyclical: number M of cycles in the phase")
     ratio: float = doc(0.5, "cyclical: fraction R of each cycle spent ramping up")
+    target_kl: float | None = doc(None, "kl_target: the mean KL (nats per sentence, unweighted) to hold")
+    gain: float = doc(0.01, "kl_target: beta change per step per unit of relative KL error ((KL - target) / target)")
 
 
 @dataclass
@@ -210,6 +213,11 @@ def validate_train_config(config: TrainConfig) -> TrainConfig:
             _require(beta.warmup_steps >= 0, f"{key}.beta.warmup_steps", "must be >= 0")
         _require(beta.cycles >= 1, f"{key}.beta.cycles", "must be >= 1")
         _require(0 < beta.ratio <= 1, f"{key}.beta.ratio", "must be in (0, 1]")
+        if beta.kind == "kl_target":
+            _require(beta.target_kl is not None and beta.target_kl > 0, f"{key}.beta.target_kl",
+                     f"kind kl_target needs a target KL > 0 (nats per sentence), got {beta.target_kl}")
+            _require(beta.value > beta.start, f"{key}.beta.value", "kind kl_target moves beta within [start, value]: value must exceed start")
+            _require(beta.gain > 0, f"{key}.beta.gain", f"must be > 0, got {beta.gain}")
         _require(
             phase.latent == "sample" or (beta.value == 0 and beta.start == 0),
             f"{key}.latent",

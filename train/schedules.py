@@ -35,7 +35,21 @@ def beta_at(schedule: BetaSchedule, step_in_phase: int, phase_steps: int) -> flo
         # Li et al. 2020: beta = start for the first half, linear ramp over the next quarter, then value.
         progress = step_in_phase / phase_steps
         return _ramp(schedule.start, schedule.value, (progress - 0.5) / 0.25)
-    raise ValueError(f"unknown beta schedule kind {schedule.kind!r}; valid: constant, linear, cyclical, optimus")
+    if schedule.kind == "kl_target":
+        raise ValueError("kind kl_target's beta is the controller's state, not a function of the step: next_kl_target_beta")
+    raise ValueError(f"unknown beta schedule kind {schedule.kind!r}; valid: constant, linear, cyclical, optimus, kl_target")
+
+
+def next_kl_target_beta(beta: float, achieved_kl: float, schedule: BetaSchedule) -> float:
+    """The beta of the next step under `kind: kl_target`: integral control towards a target rate.
+
+    beta rises while the achieved KL (nats per sentence, averaged over ranks) is above
+    `schedule.target_kl` and falls while it is below, by `gain` x the relative error per step,
+    always within [start, value]. A pure function of (beta, achieved KL): the trainer keeps beta in
+    its checkpoints, so a resumed run continues the same sequence.
+    """
+    error = (achieved_kl - schedule.target_kl) / schedule.target_kl
+    return min(max(beta + schedule.gain * error, schedule.start), schedule.value)
 
 
 def lr_at(optim: OptimConfig, step: int, total_steps: int) -> float:

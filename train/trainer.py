@@ -48,7 +48,7 @@ from .monitor import make_monitor
 from .failures import agree_on_user_error
 from .preflight import check_before_run, world_size_from_environment
 from .run_lock import hold_run_directory
-from .schedules import beta_at, lr_at
+from .schedules import beta_at, lr_at, next_kl_target_beta
 from .signals import REQUEUE_EXIT_CODE, StopRequest
 from .throughput import make_throughput_window
 
@@ -154,6 +154,8 @@ class Trainer:
         self.step = 0
         self.resumed_from: Path | None = None
         self.skips = SkipCounter(config.optim.max_consecutive_skips)
+        # kind kl_target: beta is controller state, kept in checkpoints (set when a phase starts or on resume).
+        self.kl_target_beta: float | None = None
         loader_state = self._resume()
         self.loader = build_loader(
             config.data.train,
@@ -187,6 +189,7 @@ class Trainer:
         self.resumed_from = path
         self.step = shared["step"]
         self.skips.consecutive, self.skips.total = shared["consecutive_skips"], shared["total_skips"]
+        self.kl_target_beta = shared.get("kl_target_beta")
         if "rng" in mine:
             restore_rng(mine["rng"], self.noise_generator, self.world.device)
         else:  # resumed on another world size: fresh per-rank streams, distinct from those of step 0
@@ -213,6 +216,8 @@ class Trainer:
             "step_in_phase": step_in_phase,  # with the step, all the beta schedule needs
             "consecutive_skips": self.skips.consecutive,
             "total_skips": self.skips.total,
+            # The controller's beta, when the next step continues the phase that set it.
+            "kl_target_beta": self.kl_target_beta if phase_index == self._phase_index else None,
         }
         rank_state = {"data": self.loader.state_dict(), "rng": capture_rng(self.noise_generator, self.world.device)}
         if asynchronous:
@@ -237,6 +242,8 @@ class Trainer:
             return
         phase = self.config.phases[index]
         set_frozen(self.parts.groups, self.parts.optimizer, phase.freeze)
+        if self._phase_index is not None or self.kl_target_beta is None:  # not the phase a resume continues
+            self.kl_target_beta = phase.beta.start if phase.beta.kind == "kl_target" else None
         self._phase_index = index
         frozen = ", ".join(phase.freeze) or "nothing"
         self.monitor.message(f"phase {index + 1}/{len(self.config.phases)} {phase.name!r}: {phase.steps} steps, frozen: {frozen}")
@@ -264,7 +271,8 @@ class Trainer:
         """
         started = time.perf_counter()
         device = self.world.device
-        beta = beta_at(phase.beta, step_in_phase, phase.steps)
+        controlled = phase.beta.kind == "kl_target"
+        beta = self.kl_target_beta if controlled else beta_at(phase.beta, step_in_phase, phase.steps)
         set_learning_rate(self.parts.optimizer, lr_at(self.config.optim, self.step, self.config.total_steps))
         totals = torch.zeros(len(LOSS_PARTS), dtype=torch.float32, device=device)  # LOSS_PARTS, micro-batch means
         non_finite = torch.zeros((), dtype=torch.bool, device=device)
@@ -320,6 +328,9 @@ class Trainer:
             # The host ran ahead of the device since the last logging step; the window's time must
             # include the device catching up (perf/tokens_per_s sums these step times).
             torch.cuda.synchronize(device)
+        if controlled and applied:  # the same decision and the same KL on every rank (one sync: the controller's)
+            achieved = self._mean_over_ranks({"kl": float(totals[LOSS_PARTS.index("kl")])})["kl"]
+            self.kl_target_beta = next_kl_target_beta(beta, achieved, phase.beta)
         return StepResult(
             parts=totals,
             beta=beta,
@@ -367,6 +378,9 @@ class Trainer:
         parts = dict(zip(LOSS_PARTS, result.parts.tolist()))
         train = {f"train/{key}": value for key, value in parts.items()}
         train["train/beta"] = result.beta
+        phase = self.config.phases[phase_at(self.config.phases, step - 1)[0]]
+        if phase.beta.kind == "kl_target":
+            train["train/kl_target"] = phase.beta.target_kl
         grad_norm = self.engine.get_global_grad_norm()
         train["train/grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         lr = max(group["lr"] for group in self.parts.optimizer.param_groups)
@@ -428,6 +442,7 @@ class Trainer:
             seed=self.config.seed,
             num_reconstructions=settings.num_reconstructions,
             mi_mini_batch_size=settings.mi_mini_batch_size,
+            free_bits=self.config.phases[self._phase_index].free_bits if self._phase_index is not None else None,
         )
         scalars = {f"eval/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.monitor.scalars(self.step, scalars, record="validation.jsonl")

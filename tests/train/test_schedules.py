@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from seq2vae.train.config import BetaSchedule, OptimConfig
-from seq2vae.train.schedules import beta_at, lr_at
+from seq2vae.train.schedules import beta_at, lr_at, next_kl_target_beta
 
 
 def betas(schedule: BetaSchedule, steps: int) -> list[float]:
@@ -58,3 +57,25 @@ def test_lr_linear_and_constant():
     assert [lr_at(linear, step, 5) for step in range(5)] == pytest.approx([2.0, 1.5, 1.0, 0.5, 0.0])
     constant = OptimConfig(lr=2.0, warmup_steps=2, schedule="constant")
     assert [lr_at(constant, step, 4) for step in range(4)] == [1.0, 2.0, 2.0, 2.0]
+
+
+def test_kl_target_controller_settles_on_the_target_within_its_bounds():
+    schedule = BetaSchedule(kind="kl_target", target_kl=20.0, start=0.0, value=2.0, gain=0.05)
+    # A stand-in for training's response: more weight on the KL, less KL (50 nats at beta 0).
+    achieved = lambda beta: 50.0 / (1.0 + 5.0 * beta)
+    beta, history = schedule.start, []
+    for _ in range(400):
+        beta = next_kl_target_beta(beta, achieved(beta), schedule)
+        history.append(beta)
+    assert achieved(beta) == pytest.approx(20.0, rel=0.01)
+    assert all(schedule.start <= b <= schedule.value for b in history)
+    # Bounds hold whatever the error; the same inputs give the same beta.
+    assert next_kl_target_beta(1.99, 1e6, schedule) == 2.0
+    assert next_kl_target_beta(0.01, 0.0, schedule) == 0.0
+    assert next_kl_target_beta(0.5, 30.0, schedule) == next_kl_target_beta(0.5, 30.0, schedule) == pytest.approx(0.525)
+    # An unreachable target (KL 50 even at the largest beta) pins beta at its upper bound.
+    stuck = BetaSchedule(kind="kl_target", target_kl=10.0, start=0.0, value=0.1, gain=0.05)
+    beta = 0.0
+    for _ in range(100):
+        beta = next_kl_target_beta(beta, achieved(beta), stuck)
+    assert beta == 0.1
