@@ -43,6 +43,7 @@ from .metrics import (
     perplexity,
 )
 from .latents import latent_sample
+from .profiles import PROFILES, ProfileName, profile_metrics
 from .probe import discrete_factors, encode_labels, linear_probe
 from .reconstruction import corpus_bleu, exact_match, token_accuracy
 
@@ -87,6 +88,11 @@ class EvalConfig:
     max_new_tokens: int = doc(64, "generation cap for prior samples and interpolations")
     probe_test_fraction: float = doc(0.2, "held-out share of sentences for the linear probes on mu")
     num_saved_latents: int = doc(1000, "posterior means (with metadata) of the first N sentences kept in the result, for plots")
+    profile: ProfileName = doc(
+        "ours",
+        "also report a reference's numbers in its own units and estimators: ours | park2021 | optimus2020 | he2019 "
+        "(docs/CONVENTIONS.md, Profiles); optimus2020 sets iw_samples to its K=100, he2019 to 500",
+    )
 
     def __post_init__(self) -> None:
         check_estimator_settings("eval", self.iw_samples, self.mi_mini_batch_size)
@@ -98,6 +104,10 @@ class EvalConfig:
                 raise ConfigError(f"eval.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.probe_test_fraction < 1.0:
             raise ConfigError(f"eval.probe_test_fraction must be in (0, 1), got {self.probe_test_fraction}")
+        if self.profile not in PROFILES:
+            raise ConfigError(f"eval.profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
+        if PROFILES[self.profile].iw_samples is not None:
+            self.iw_samples = PROFILES[self.profile].iw_samples  # the reference hard-codes its K
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -169,7 +179,7 @@ def posterior_pass(vae, batch: dict, noise: torch.Tensor, samples_per_call: int)
         noise: [B,K,Z] standard-normal draws; z_k = mu + sigma * noise_k. Sample 0 also serves as the
             single z of the reconstruction term and of the MI estimate.
         samples_per_call: samples per sentence in one `log_likelihood` call ([B, k, Z] -> [B, k]).
-    Returns: CPU float32 tensors mu, logvar, z0 [B,Z]; recon_nll, kl, iw_log_px, num_tokens [B].
+    Returns: CPU float32 tensors mu, logvar, z0 [B,Z]; recon_nll, kl, iw_log_px, mean_log_px, num_tokens [B].
     """
     device, dtype = _device_and_dtype(vae)
     labels = batch["labels"].to(device)
@@ -192,6 +202,7 @@ def posterior_pass(vae, batch: dict, noise: torch.Tensor, samples_per_call: int)
         "recon_nll": -log_px_z[:, 0].cpu(),
         "kl": gaussian_kl(mu, logvar).cpu(),
         "iw_log_px": iw_log_px.cpu(),
+        "mean_log_px": log_px_z.mean(1).cpu(),  # Optimus' reconstruction term averages the K samples
         "num_tokens": count_predicted_tokens(labels).cpu().float(),
     }
 
@@ -320,11 +331,17 @@ def scored_words(samples: list[dict], tokenizer) -> tuple[int | None, int | None
     perplexity divides the NLL of the kept tokens by the words those tokens spell.
     Returns (None, None) without texts or a tokenizer.
     """
+    words, num_truncated = scored_words_per_sentence(samples, tokenizer)
+    return (None, None) if words is None else (sum(words), num_truncated)
+
+
+def scored_words_per_sentence(samples: list[dict], tokenizer) -> tuple[list[int] | None, int | None]:
+    """`scored_words` sentence by sentence: ([words + EOS per sentence], number truncated)."""
     texts = [s.get("text") for s in samples]
     if not all(texts) or tokenizer is None:
         return None, None
     eos = tokenizer.eos_token_id
-    num_words, num_truncated = 0, 0
+    words, num_truncated = [], 0
     for start in range(0, len(samples), 1024):
         chunk = samples[start : start + 1024]
         encoded = tokenizer([s["text"] for s in chunk], add_special_tokens=True)["input_ids"]
@@ -332,10 +349,10 @@ def scored_words(samples: list[dict], tokenizer) -> tuple[int | None, int | None
             full_length = len(full) + (eos is not None and (not full or full[-1] != eos))
             if full_length > len(sample["input_ids"]):
                 num_truncated += 1
-                num_words += count_words(tokenizer.decode(list(sample["input_ids"]), skip_special_tokens=True))
+                words.append(count_words(tokenizer.decode(list(sample["input_ids"]), skip_special_tokens=True)))
             else:
-                num_words += count_words(sample["text"])
-    return num_words, num_truncated
+                words.append(count_words(sample["text"]))
+    return words, num_truncated
 
 
 def _reconstruction_report(hypotheses: dict[int, list[int]], samples: list[dict], vae, num_examples: int) -> dict:
@@ -448,7 +465,8 @@ def evaluate(model, samples: list[dict], config: EvalConfig | None = None) -> di
     vae = unwrap(model)
     if not samples:
         raise ValueError("no sentences to evaluate: the input is empty (or every line was skipped)")
-    num_words, num_truncated = scored_words(samples, getattr(vae, "tokenizer", None))
+    words, num_truncated = scored_words_per_sentence(samples, getattr(vae, "tokenizer", None))
+    num_words = None if words is None else sum(words)
     with _inference(vae):
         stats, hypotheses = _score_all_sentences(vae, samples, config)
         metrics, notes = summarize(
@@ -473,6 +491,7 @@ def evaluate(model, samples: list[dict], config: EvalConfig | None = None) -> di
         "prior_samples": prior_samples,
         "interpolations": interpolations,
         "latents": latent_sample(stats["mu"], samples, config.num_saved_latents),
+        "profile": profile_metrics(config.profile, stats, words),
         "notes": notes,
         "config": config.to_dict(),
         "world_size": rank_and_world()[1],
