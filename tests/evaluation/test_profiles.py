@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from seq2vae.evaluation.data import load_samples
 from seq2vae.evaluation.harness import EvalConfig, evaluate
-from seq2vae.evaluation.metrics import iw_log_likelihood, log_normal, log_standard_normal
+from seq2vae.evaluation.metrics import (
+    iw_log_likelihood,
+    log_normal,
+    log_standard_normal,
+)
 from seq2vae.evaluation.profiles import PROFILE_NAMES, he2019_batches, profile_metrics
 from seq2vae.model import Seq2SeqVAE
 
@@ -100,7 +103,7 @@ def test_unknown_profile_is_a_config_error():
 def test_evaluate_reports_the_profile_beside_our_metrics(tiny_t5_dir, eval_jsonl):
     vae = Seq2SeqVAE.from_pretrained(tiny_t5_dir)
     samples, _ = load_samples(eval_jsonl, vae.tokenizer)
-    config = dict(batch_size=8, max_reconstructions=0, num_prior_samples=0, num_interpolations=0, seed=1)
+    config = {"batch_size": 8, "max_reconstructions": 0, "num_prior_samples": 0, "num_interpolations": 0, "seed": 1}
     result = evaluate(vae, samples[:12], EvalConfig(iw_samples=4, profile="park2021", **config))
     ours, park = result["metrics"], result["profile"]
     assert park["name"] == "park2021"
