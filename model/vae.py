@@ -96,7 +96,7 @@ class Seq2SeqVAE(nn.Module):
         self.config = config
         self.tokenizer = tokenizer
         width = backbone.config.d_model
-        self.pooler = Pooler(config.pooling, width)
+        self.pooler = Pooler(config.pooling, width, include_padding=config.reference_compat.pool_padding)
         self.posterior = nn.Linear(width, 2 * config.latent_dim)  # -> (mu, logvar)
         self.latent_to_memory = (
             nn.Linear(config.latent_dim, config.memory_states * width) if config.injection in ("memory", "both") else None
@@ -107,7 +107,9 @@ class Seq2SeqVAE(nn.Module):
             else None
         )
         self.latent_to_prefix = (
-            PrefixInjection(config.latent_dim, backbone.config) if config.injection.startswith("prefix") else None
+            PrefixInjection(config.latent_dim, backbone.config, config.reference_compat.prefix_reshape)
+            if config.injection.startswith("prefix")
+            else None
         )
         if config.gradient_checkpointing:
             # transformers 5 renamed gradient to activation checkpointing; older releases lack the new name.
