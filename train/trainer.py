@@ -24,11 +24,12 @@ import torch
 
 from ..config import save_config
 from ..data.collate import collate
-from ..data.noising import apply_noise, mask_token_id_for, protected_token_ids
+from ..data.noising import apply_noise, mask_token_id_for, protected_token_ids, reference_denoise
 from ..data.stream import ShardError, build_loader, read_split
 from ..distributed import any_rank
 from ..evaluation import active_units, validate
 from ..model.objective import vae_loss
+from ..model.reference_compat import frozen_groups
 from ..checkpoint.saving import (
     capture_rng,
     checkpoint_tag,
@@ -209,9 +210,10 @@ class Trainer:
         if index == self._phase_index:
             return
         phase = self.config.phases[index]
-        set_frozen(self.parts.groups, self.parts.optimizer, phase.freeze)
+        frozen_names = frozen_groups(phase.freeze, self.config.model.reference_compat)
+        set_frozen(self.parts.groups, self.parts.optimizer, frozen_names)
         self._phase_index = index
-        frozen = ", ".join(phase.freeze) or "nothing"
+        frozen = ", ".join(sorted(frozen_names)) or "nothing"
         self.monitor.message(f"phase {index + 1}/{len(self.config.phases)} {phase.name!r}: {phase.steps} steps, frozen: {frozen}")
 
     def _next_batch(self) -> tuple[dict[str, torch.Tensor], float]:
@@ -234,16 +236,22 @@ class Trainer:
         for _ in range(self.accumulation):
             batch, wait = self._next_batch()
             data_wait += wait
-            batch = apply_noise(
-                batch, phase.deletion_rate, phase.masking_rate, self.mask_token_id, self.pad_token_id, self.noise_generator,
-                keep_ids=self.protected_token_ids,
-            )
+            if self.config.model.reference_compat.denoise and phase.deletion_rate > 0:  # the reference's, quirks included
+                batch = reference_denoise(batch, phase.deletion_rate, self.pad_token_id, self.noise_generator)
+            else:
+                batch = apply_noise(
+                    batch, phase.deletion_rate, phase.masking_rate, self.mask_token_id, self.pad_token_id, self.noise_generator,
+                    keep_ids=self.protected_token_ids,
+                )
             batch = {key: value.to(self.world.device) for key, value in batch.items()}
             output = self.engine(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
                 sample=phase.latent == "sample",
             )
-            loss, parts = vae_loss(output.recon_nll, output.kl_per_dim, beta, phase.free_bits, phase.free_bits_mode)
+            loss, parts = vae_loss(
+                output.recon_nll, output.kl_per_dim, beta, phase.free_bits, phase.free_bits_mode,
+                self.config.model.reference_compat.recon_mean_length,
+            )
             # All ranks agree before anyone steps: a rank alone skipping would desynchronise ZeRO.
             non_finite = any_rank(not bool(torch.isfinite(loss)), self.world.device)
             if non_finite:
