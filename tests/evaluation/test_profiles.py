@@ -115,3 +115,18 @@ def test_evaluate_reports_the_profile_beside_our_metrics(tiny_t5_dir, eval_jsonl
     assert he["config"]["iw_samples"] == 500
     assert he["profile"]["iw_ppl"] == pytest.approx(he["metrics"]["ppl_iw_per_word"], rel=1e-9)
     assert evaluate(vae, samples[:4], EvalConfig(iw_samples=2, **config))["profile"] is None
+
+
+def test_eval_cli_writes_and_prints_the_profile(tiny_t5_dir, eval_jsonl, tmp_path, capsys):
+    from seq2vae.evaluation.cli import main as eval_main
+
+    output = tmp_path / "eval.json"
+    assert eval_main([
+        "--model", str(tiny_t5_dir), "--data", str(eval_jsonl), "--profile", "park2021", "--iw-samples", "2",
+        "--max-sentences", "6", "--max-reconstructions", "0", "--prior-samples", "0", "--interpolations", "0",
+        "--device", "cpu", "--output", str(output),
+    ]) == 0
+    result = json.loads(output.read_text())
+    assert result["profile"]["name"] == "park2021" and result["config"]["profile"] == "park2021"
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("park2021 ppl ")]
+    assert len(printed) == 1 and printed[0].endswith(f"{result['profile']['ppl']:.3f}")
