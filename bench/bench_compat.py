@@ -11,15 +11,15 @@ which small.yaml does not use, so it is not a row here. Prints the markdown tabl
 
 from __future__ import annotations
 
-import argparse
 import csv
-import logging
 from pathlib import Path
 
-from seq2vae.commands import sweep as local_sweep
-from seq2vae.commands.quickstart import prepare_corpus, prepare_shards, prepare_tokenizer
+from bench_study import (  # bench/ scripts run as `python bench/NAME.py`
+    prepare_study_data,
+    run_study,
+    study_arguments,
+)
 
-PAPER_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "paper"
 COMPAT = "model.reference_compat."
 ROWS = [  # (label, phase-1 freeze, compat overrides)
     ("ours (defaults)", "[]", {}),
@@ -61,31 +61,13 @@ def print_table(report_csv: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default="runs/compat-small", help="corpus, shards, runs and report")
-    parser.add_argument("--sentences", type=int, default=20_000)
-    parser.add_argument("--eval-args", default="--iw-samples 10 --max-sentences 300 --prior-samples 0 --interpolations 0")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every row")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args = study_arguments(__doc__, "runs/compat-small", "--iw-samples 10 --max-sentences 300 --prior-samples 0 --interpolations 0")
     output = Path(args.output).resolve()
-    output.mkdir(parents=True, exist_ok=True)
-    corpus = prepare_corpus(output, args.sentences, seed=0)
-    tokenizer = prepare_tokenizer(output, corpus, "debug-t5", vocab_size=1000)
-    shards = prepare_shards(output, corpus, tokenizer, valid_fraction=0.05, seed=0)
+    shards, tokenizer = prepare_study_data(output, args.sentences)
     table = output / "compat-grid.tsv"
     write_table(table)
-    status = local_sweep.main([
-        str(table), "--config", str(PAPER_CONFIGS / "small.yaml"), "--output-root", str(output / "runs"),
-        "--report-dir", str(output / "report"), "--eval-args", args.eval_args,
-        f"data.train={shards}", f"model.tokenizer={tokenizer}", "phases.0.steps=150", "phases.1.steps=300",
-        "checkpoint.every_steps=150", "validation.every_steps=150", *args.overrides,
-    ])
-    report_csv = output / "report" / "report.csv"
-    if report_csv.is_file():
-        print(f"\n{report_csv}:\n")
-        print_table(report_csv)
-    return status
+    steps = ["phases.0.steps=150", "phases.1.steps=300", "checkpoint.every_steps=150", "validation.every_steps=150"]
+    return run_study(table, output, shards, tokenizer, args, steps, print_table)
 
 
 if __name__ == "__main__":
