@@ -85,3 +85,4 @@ def test_defaults_are_off_and_bad_combinations_name_the_key(tokenizer_dir):
         ReferenceCompat(recon_mean_length=-1)
     roundtrip = VAEConfig.from_dict({"backbone": "debug-t5", "reference_compat": {"pool_padding": True}})
     assert roundtrip.reference_compat.pool_padding and VAEConfig.from_dict(roundtrip.to_dict()) == roundtrip
+

@@ -10,6 +10,9 @@ import sys
 
 import pytest
 
+from seq2vae.config import ConfigError
+from seq2vae.train.config import load_train_config
+
 COMPAT = [
     "model.injection=prefix", "model.pooling=max", "model.reference_compat.prefix_reshape=true",
     "model.reference_compat.pool_padding=true", "model.reference_compat.denoise=true",
@@ -33,3 +36,8 @@ def test_a_run_in_full_compat_mode(data_overrides, launch, tmp_path):
     for m in metrics[:2]:  # phase 1, beta 0: the loss is the reconstruction averaged over 64 positions
         assert m["train/loss"] == pytest.approx(m["train/recon"] / 64, rel=1e-5)
     assert all(math.isfinite(m["train/recon"]) for m in metrics)
+
+
+def test_reference_denoising_refuses_a_masking_rate():
+    with pytest.raises(ConfigError, match="phases.0.masking_rate.*reference_compat.denoise"):
+        load_train_config(None, ["model.reference_compat.denoise=true", "phases.0.masking_rate=0.1", "data.train=x"])
