@@ -131,6 +131,7 @@ CONVENTIONS = {
     "reconstruction": "greedy decoding from z = mu; token accuracy position-wise over reference tokens incl. EOS; "
     "exact match on token ids; corpus BLEU-4 (no smoothing) on whitespace words of decoded text",
     "probes": "multinomial logistic regression on standardised mu (L-BFGS, L2 1e-3), held-out accuracy vs majority class",
+    "profile": "with --profile NAME, the reference's own numbers in its units and estimators (docs/CONVENTIONS.md, Profiles)",
 }
 
 
