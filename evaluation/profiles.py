@@ -49,7 +49,7 @@ PROFILES = {
 }
 
 PARK2021_BATCH = 256  # README.md:29 `python evaluate_all.py -d snli -bs 256`
-HE2019_BATCH = 32  # text.py: the test batches of create_data_batch(batch_size=args.batch_size), default 32
+HE2019_BATCH = 32  # text.py:348 create_data_batch(batch_size=args.batch_size); config/config_yahoo.py:11 (and yelp) 32
 AU_DELTA = 0.01  # all three: (au_var >= delta) with delta = 0.01
 
 
