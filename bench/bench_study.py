@@ -49,28 +49,44 @@ def print_table(report_csv: Path) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default="runs/paper-small", help="corpus, shards, runs and report")
+def prepare_study_data(output: Path, sentences: int) -> tuple[Path, Path]:
+    """The CPU study's corpus, tokenizer and shards under `output` (reused when present): (shards, tokenizer)."""
+    output.mkdir(parents=True, exist_ok=True)
+    corpus = prepare_corpus(output, sentences, seed=0)
+    tokenizer = prepare_tokenizer(output, corpus, "debug-t5", vocab_size=1000)
+    return prepare_shards(output, corpus, tokenizer, valid_fraction=0.05, seed=0), tokenizer
+
+
+def study_arguments(description: str, output: str, eval_args: str) -> argparse.Namespace:
+    """The command line every CPU-study script takes (--output, --sentences, --eval-args, overrides); logs INFO."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default=output, help="corpus, shards, runs and report")
     parser.add_argument("--sentences", type=int, default=20_000)
-    parser.add_argument("--eval-args", default="--iw-samples 10 --max-sentences 300 --prior-samples 3")
+    parser.add_argument("--eval-args", default=eval_args)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every row")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    return args
+
+
+def main() -> int:
+    args = study_arguments(__doc__, "runs/paper-small", "--iw-samples 10 --max-sentences 300 --prior-samples 3")
     output = Path(args.output).resolve()
-    output.mkdir(parents=True, exist_ok=True)
-    corpus = prepare_corpus(output, args.sentences, seed=0)
-    tokenizer = prepare_tokenizer(output, corpus, "debug-t5", vocab_size=1000)
-    shards = prepare_shards(output, corpus, tokenizer, valid_fraction=0.05, seed=0)
+    shards, tokenizer = prepare_study_data(output, args.sentences)
+    return run_study(PAPER_CONFIGS / "small-grid.tsv", output, shards, tokenizer, args, [], print_table)
+
+
+def run_study(table: Path, output: Path, shards: Path, tokenizer: Path, args, overrides: list[str], printer) -> int:
+    """`seq2vae sweep` of `table` on small.yaml into OUTPUT/runs and OUTPUT/report, then `printer(report.csv)`."""
     status = local_sweep.main([
-        str(PAPER_CONFIGS / "small-grid.tsv"), "--config", str(PAPER_CONFIGS / "small.yaml"),
+        str(table), "--config", str(PAPER_CONFIGS / "small.yaml"),
         "--output-root", str(output / "runs"), "--report-dir", str(output / "report"), "--eval-args", args.eval_args,
-        f"data.train={shards}", f"model.tokenizer={tokenizer}", *args.overrides,
+        f"data.train={shards}", f"model.tokenizer={tokenizer}", *overrides, *args.overrides,
     ])
     report_csv = output / "report" / "report.csv"
     if report_csv.is_file():
         print(f"\n{report_csv}:\n")
-        print_table(report_csv)
+        printer(report_csv)
     return status
 
 

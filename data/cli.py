@@ -17,13 +17,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", help="text/JSONL files (.gz too), local HF dataset dirs or hub dataset names")
     parser.add_argument("--output", required=True, help="output directory for the shards and meta.json")
     parser.add_argument("--tokenizer", required=True, help="tokenizer name or path (AutoTokenizer), usually the backbone")
-    parser.add_argument("--format", default="auto", choices=["auto", "text", "jsonl", "hf"], help="input kind (default: by extension)")
+    parser.add_argument(
+        "--format", default="auto", choices=["auto", "text", "labeled", "jsonl", "hf"],
+        help="input kind (default: by extension; 'labeled' = label<TAB>text lines, Optimus' Yelp files, label kept as metadata)",
+    )
     parser.add_argument("--text-field", default="text", help="JSONL / dataset field holding the text; other fields become metadata")
     parser.add_argument("--split", default=None, help="split of Hugging Face dataset inputs (default: train)")
     parser.add_argument("--max-length", type=int, default=256, help="longest token sequence kept, EOS included (longer ones are truncated and counted)")
     parser.add_argument("--shard-size", type=int, default=10_000, help="samples per shard")
     parser.add_argument("--valid-fraction", type=float, default=0.0, help="fraction of the inputs sent to the valid split (seeded)")
     parser.add_argument("--valid", nargs="+", default=[], metavar="INPUT", help="separate inputs for the valid split")
+    parser.add_argument(
+        "--test", nargs="+", default=[], metavar="INPUT",
+        help="inputs for the test split, kept apart from train and valid (`seq2vae eval --split test`)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/valid draw")
     parser.add_argument("--workers", type=int, default=1, help="tokenisation processes")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad line instead of skipping and counting it")
@@ -42,6 +49,7 @@ def main(argv: list[str]) -> int:
         args.tokenizer,
         valid_inputs=args.valid,
         valid_fraction=args.valid_fraction,
+        test_inputs=args.test,
         seed=args.seed,
         max_length=args.max_length,
         shard_size=args.shard_size,
@@ -56,7 +64,8 @@ def main(argv: list[str]) -> int:
     counts = meta["counts"]
     splits = meta["splits"]
     print(
-        f"wrote {splits['train']['num_samples']} train / {splits['valid']['num_samples']} valid samples to {args.output}: "
+        f"wrote {splits['train']['num_samples']} train / {splits['valid']['num_samples']} valid / "
+        f"{splits['test']['num_samples']} test samples to {args.output}: "
         + ", ".join(f"{key}={value}" for key, value in counts.items())
     )
     return 0

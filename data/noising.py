@@ -85,3 +85,28 @@ def apply_noise(
         noised = torch.where(new_mask, noised[:, :width], torch.full_like(noised[:, :width], pad_token_id))
         attention_mask = new_mask.to(attention_mask.dtype)
     return {**batch, "input_ids": noised, "attention_mask": attention_mask}
+
+
+def reference_denoise(
+    batch: dict[str, torch.Tensor], deletion_rate: float, pad_token_id: int, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """The reference T5-VAE's denoising (model.reference_compat.denoise), quirks included.
+
+    transformers-into-vaes model_t5.py:81-101, row by row: n = real tokens - 1 (EOS kept), max_drop =
+    floor(n p); drop randint(0, max_drop) tokens (upper bound excluded) at randperm(n) positions when
+    max_drop > 1, else none, so rows under 2/p tokens are never noised; the row is re-padded; then the
+    encoder input ids become the attention mask and the mask the ids (lines 100-101). The same torch
+    calls in the same order as the reference, so a generator seeded like the reference's global RNG
+    draws the same tokens. Returns a new batch; `labels` untouched.
+    """
+    input_ids, attention_mask = batch["input_ids"].clone(), batch["attention_mask"].clone()
+    for row, (ids, mask) in enumerate(zip(batch["input_ids"], batch["attention_mask"])):
+        token_length = int(mask.sum()) - 1
+        max_drop = int(token_length * deletion_rate)
+        drop_count = int(torch.randint(max_drop, size=(1,), generator=generator)) if max_drop > 1 else 0
+        dropped = set(torch.randperm(token_length, generator=generator)[:drop_count].tolist())
+        keep = torch.tensor([n not in dropped for n in range(ids.shape[0])])
+        padding = torch.full((drop_count,), pad_token_id, dtype=ids.dtype)
+        input_ids[row] = torch.cat((mask[keep].to(ids.dtype), torch.zeros_like(padding)))  # the swap: ids <- mask
+        attention_mask[row] = torch.cat((ids[keep], padding)).to(mask.dtype)  # mask <- ids
+    return {**batch, "input_ids": input_ids, "attention_mask": attention_mask}

@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 META_FILENAME = "meta.json"
 META_FORMAT = "seq2vae-shards"
 META_VERSION = 1
-SPLITS = ("train", "valid")
+SPLITS = ("train", "valid", "test")
 TOKENIZE_CHUNK = 512  # records per tokenisation task: large enough to amortise inter-process transfer
 REQUIRED_META_KEYS = ("format", "version", "tokenizer", "max_length", "splits", "counts", "settings_checksum")
 
@@ -385,6 +385,7 @@ def write_shards(
     *,
     valid_inputs: Sequence[str] = (),
     valid_fraction: float = 0.0,
+    test_inputs: Sequence[str] = (),
     seed: int = 0,
     max_length: int = 256,
     shard_size: int = 10_000,
@@ -402,6 +403,7 @@ def write_shards(
         inputs: text / JSONL files (optionally .gz), local HF dataset directories or hub dataset names.
         valid_inputs: inputs written entirely to the valid split (exclusive with valid_fraction).
         valid_fraction: fraction of `inputs` records sent to valid, drawn with `seed`.
+        test_inputs: inputs written entirely to the test split (kept apart: never drawn into train or valid).
         max_length: longest token sequence kept (EOS included); longer ones are truncated and counted.
         hf_split: the split of HF inputs.
         workers: tokenisation processes (1 = in this process).
@@ -417,7 +419,7 @@ def write_shards(
         raise InputError(f"valid fraction must be in [0, 1), got {valid_fraction}")
     if max_length < 2 or shard_size < 1 or workers < 1:
         raise InputError(f"need max_length >= 2, shard_size >= 1, workers >= 1 (got {max_length}, {shard_size}, {workers})")
-    for path in [*inputs, *valid_inputs]:  # fail before anything is written
+    for path in [*inputs, *valid_inputs, *test_inputs]:  # fail before anything is written
         if (detect_format(path) if input_format == "auto" else input_format) != "hf" and not Path(path).is_file():
             raise InputError(f"input {path} does not exist")
     output_dir = Path(output_dir)
@@ -434,8 +436,8 @@ def write_shards(
     created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _write(inputs, output_dir, tokenizer, tokenizer_name, stale, valid_inputs, valid_fraction, seed,
-                      max_length, shard_size, text_field, input_format, hf_split, workers, strict, progress)
+        return _write(inputs, output_dir, tokenizer, tokenizer_name, stale, valid_inputs, valid_fraction, test_inputs,
+                      seed, max_length, shard_size, text_field, input_format, hf_split, workers, strict, progress)
     except BaseException:
         if created and not any(output_dir.iterdir()):
             output_dir.rmdir()  # a failed run leaves no empty directory that looks like a destination in use
@@ -458,8 +460,8 @@ def _load_tokenizer(name: str):
         raise InputError(f"--tokenizer {name}: cannot load a tokenizer: {first_line}") from None
 
 
-def _write(inputs, output_dir, tokenizer, tokenizer_name, stale, valid_inputs, valid_fraction, seed, max_length,
-           shard_size, text_field, input_format, hf_split, workers, strict, progress) -> dict[str, Any]:
+def _write(inputs, output_dir, tokenizer, tokenizer_name, stale, valid_inputs, valid_fraction, test_inputs, seed,
+           max_length, shard_size, text_field, input_format, hf_split, workers, strict, progress) -> dict[str, Any]:
     """write_shards after its checks: the shards, then meta.json."""
     for path in stale:
         path.unlink()
@@ -474,6 +476,9 @@ def _write(inputs, output_dir, tokenizer, tokenizer_name, stale, valid_inputs, v
         for path in valid_inputs:
             for record in read_records(path, input_format, text_field, hf_split, stats, strict):
                 yield "valid", record
+        for path in test_inputs:
+            for record in read_records(path, input_format, text_field, hf_split, stats, strict):
+                yield "test", record
 
     sinks = {split: ShardSink(output_dir, split, shard_size) for split in SPLITS}
 
@@ -506,6 +511,7 @@ def _write(inputs, output_dir, tokenizer, tokenizer_name, stale, valid_inputs, v
     settings = {
         "inputs": [str(p) for p in inputs],
         "valid_inputs": [str(p) for p in valid_inputs],
+        **({"test_inputs": [str(p) for p in test_inputs]} if test_inputs else {}),  # older settings checksums stay valid
         "valid_fraction": valid_fraction,
         "seed": seed,
         "max_length": max_length,
@@ -533,10 +539,11 @@ def _write(inputs, output_dir, tokenizer, tokenizer_name, stale, valid_inputs, v
     _write_json_atomic(output_dir / META_FILENAME, meta)
     counts = meta["counts"]
     logger.info(
-        "wrote %d train + %d valid samples in %d shards to %s; %s",
+        "wrote %d train + %d valid + %d test samples in %d shards to %s; %s",
         sinks["train"].num_samples,
         sinks["valid"].num_samples,
-        len(sinks["train"].shards) + len(sinks["valid"].shards),
+        sinks["test"].num_samples,
+        sum(len(sink.shards) for sink in sinks.values()),
         output_dir,
         ", ".join(f"{name} {value}" for name, value in counts.items()),
     )

@@ -1,4 +1,8 @@
-"""Corpus readers for `seq2vae shard`: plain text, JSONL (both optionally gzipped) and HF `datasets`.
+"""Corpus readers for `seq2vae shard`: plain text, labelled text, JSONL (all optionally gzipped) and HF `datasets`.
+
+`labeled` is the format Optimus distributes Yelp in (`label<TAB>text` per line; Optimus'
+big_ae/utils.py:420-423 splits on the first tab): the label becomes the `label` metadata field,
+never part of the text.
 
 Each reader streams `Record`s (text, metadata, location) and never holds the corpus in memory. Bad
 input (non-UTF-8 bytes, empty lines, a JSONL line that is not a JSON object or lacks the text field)
@@ -21,7 +25,7 @@ from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
-InputFormat = Literal["auto", "text", "jsonl", "hf"]
+InputFormat = Literal["auto", "text", "labeled", "jsonl", "hf"]
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 FILE_SUFFIXES = JSONL_SUFFIXES + (".txt", ".text", ".csv", ".tsv")
 MAX_LOGGED_SKIPS = 50  # per reason; the counts in meta.json stay exact beyond that
@@ -46,7 +50,7 @@ class InputStats:
     empty: int = 0
     undecodable: int = 0
     invalid_json: int = 0
-    missing_field: int = 0
+    missing_field: int = 0  # JSONL / dataset rows without the text field; labeled lines without a tab
 
     def skip(self, reason: str, location: str, detail: str, strict: bool) -> None:
         if strict:
@@ -64,8 +68,21 @@ HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 SAVED_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
 
 
+def split_suffix(path: str) -> tuple[str, str | None]:
+    """`NAME:SPLIT` -> (NAME, SPLIT) for a hub dataset or a saved dataset directory, so one command can
+    send a dataset's train / validation / test splits to our train / valid / test shards; anything
+    else (a file, a name without a suffix) -> (path, None)."""
+    name, colon, split = path.rpartition(":")
+    if colon and split and re.fullmatch(r"[\w.-]+", split) and (Path(name).is_dir() or HUB_NAME.fullmatch(name)):
+        return name, split
+    return path, None
+
+
 def detect_format(path: str) -> str:
-    """text / jsonl by extension (after an optional .gz), hf for a saved dataset directory or a hub name."""
+    """text / jsonl by extension (after an optional .gz), hf for a saved dataset directory or a hub name
+    (either with an optional `:SPLIT` suffix)."""
+    if split_suffix(path)[1] is not None:
+        return "hf"
     candidate = Path(path)
     if candidate.is_dir():
         if not any((candidate / name).is_file() for name in SAVED_DATASET_FILES):
@@ -112,6 +129,22 @@ def read_text(path: Path, stats: InputStats, strict: bool) -> Iterator[Record]:
             stats.skip("empty", location, "empty line", strict)
             continue
         yield Record(line, {}, location)
+
+
+def read_labeled(path: Path, stats: InputStats, strict: bool) -> Iterator[Record]:
+    """`label<TAB>text` lines (Optimus' Yelp files): the text, with {"label": label} as metadata."""
+    for line, location in _decoded_lines(path, stats, strict):
+        if not line.strip():
+            stats.skip("empty", location, "empty line", strict)
+            continue
+        label, tab, text = line.partition("\t")
+        if not tab:
+            stats.skip("missing_field", location, "no tab: a labeled line is label<TAB>text", strict)
+            continue
+        if not text.strip():
+            stats.skip("empty", location, f"empty text after the label {label!r}", strict)
+            continue
+        yield Record(text.strip(), {"label": label.strip()}, location)
 
 
 def read_jsonl(path: Path, text_field: str, stats: InputStats, strict: bool) -> Iterator[Record]:
@@ -199,9 +232,12 @@ def read_records(
     """Streams the records of one input, updating `stats` as it goes."""
     kind = detect_format(path) if input_format == "auto" else input_format
     if kind == "hf":
-        return read_hf(path, split, text_field, stats, strict)
+        name, own_split = split_suffix(path)
+        return read_hf(name, own_split or split, text_field, stats, strict)
     if not Path(path).is_file():
         raise InputError(f"input {path} does not exist")
     if kind == "jsonl":
         return read_jsonl(Path(path), text_field, stats, strict)
+    if kind == "labeled":
+        return read_labeled(Path(path), stats, strict)
     return read_text(Path(path), stats, strict)

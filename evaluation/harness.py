@@ -53,6 +53,7 @@ from .metrics import (
     mutual_information,
     perplexity,
 )
+from .profiles import PROFILES, ProfileName, profile_metrics
 from .probe import discrete_factors, encode_labels, linear_probe
 from .reconstruction import corpus_bleu, exact_match, token_accuracy
 
@@ -104,6 +105,11 @@ class EvalConfig:
     max_new_tokens: int = doc(64, "generation cap for prior samples and interpolations")
     probe_test_fraction: float = doc(0.2, "held-out share of sentences for the linear probes on mu")
     num_saved_latents: int = doc(1000, "posterior means (with metadata) of the first N sentences kept in the result, for plots")
+    profile: ProfileName = doc(
+        "ours",
+        "also report a reference's numbers in its own units and estimators: ours | park2021 | optimus2020 | he2019 "
+        "(docs/CONVENTIONS.md, Profiles); optimus2020 sets iw_samples to its K=100, he2019 to 500",
+    )
 
     def __post_init__(self) -> None:
         check_estimator_settings("eval", self.iw_samples, self.mi_mini_batch_size)
@@ -115,6 +121,10 @@ class EvalConfig:
                 raise ConfigError(f"eval.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.probe_test_fraction < 1.0:
             raise ConfigError(f"eval.probe_test_fraction must be in (0, 1), got {self.probe_test_fraction}")
+        if self.profile not in PROFILES:
+            raise ConfigError(f"eval.profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
+        if PROFILES[self.profile].iw_samples is not None:
+            self.iw_samples = PROFILES[self.profile].iw_samples  # the reference hard-codes its K
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -138,6 +148,7 @@ CONVENTIONS = {
     "reconstruction": "greedy decoding from z = mu; token accuracy position-wise over reference tokens incl. EOS; "
     "exact match on token ids; corpus BLEU-4 (no smoothing) on whitespace words of decoded text",
     "probes": "multinomial logistic regression on standardised mu (L-BFGS, L2 1e-3), held-out accuracy vs majority class",
+    "profile": "with --profile NAME, the reference's own numbers in its units and estimators (docs/CONVENTIONS.md, Profiles)",
 }
 
 
@@ -194,7 +205,7 @@ def posterior_pass(
         samples_per_call: samples per sentence in one `log_likelihood` call ([B, k, Z] -> [B, k]).
         prior_z: [B,Z] draws from N(0, I); when given, two more decoder calls score each sentence
             with the next sentence's z0 (NaN in a batch of one) and with its prior z (decoder reliance).
-    Returns: CPU float32 tensors mu, logvar, z0 [B,Z]; recon_nll, kl, iw_log_px, num_tokens [B];
+    Returns: CPU float32 tensors mu, logvar, z0 [B,Z]; recon_nll, kl, iw_log_px, mean_log_px, num_tokens [B];
         with prior_z also recon_nll_other_z, recon_nll_prior_z [B].
     """
     device, dtype = _device_and_dtype(vae)
@@ -228,6 +239,7 @@ def posterior_pass(
         "recon_nll": -log_px_z[:, 0].cpu(),
         "kl": gaussian_kl(mu, logvar).cpu(),
         "iw_log_px": iw_log_px.cpu(),
+        "mean_log_px": log_px_z.mean(1).cpu(),  # Optimus' reconstruction term averages the K samples
         "num_tokens": count_predicted_tokens(labels).cpu().float(),
     }
 
@@ -372,11 +384,17 @@ def scored_words(samples: list[dict], tokenizer) -> tuple[int | None, int | None
     perplexity divides the NLL of the kept tokens by the words those tokens spell.
     Returns (None, None) without texts or a tokenizer.
     """
+    words, num_truncated = scored_words_per_sentence(samples, tokenizer)
+    return (None, None) if words is None else (sum(words), num_truncated)
+
+
+def scored_words_per_sentence(samples: list[dict], tokenizer) -> tuple[list[int] | None, int | None]:
+    """`scored_words` sentence by sentence: ([words + EOS per sentence], number truncated)."""
     texts = [s.get("text") for s in samples]
     if not all(texts) or tokenizer is None:
         return None, None
     eos = tokenizer.eos_token_id
-    num_words, num_truncated = 0, 0
+    words, num_truncated = [], 0
     for start in range(0, len(samples), 1024):
         chunk = samples[start : start + 1024]
         encoded = tokenizer([s["text"] for s in chunk], add_special_tokens=True)["input_ids"]
@@ -384,10 +402,10 @@ def scored_words(samples: list[dict], tokenizer) -> tuple[int | None, int | None
             full_length = len(full) + (eos is not None and (not full or full[-1] != eos))
             if full_length > len(sample["input_ids"]):
                 num_truncated += 1
-                num_words += count_words(tokenizer.decode(list(sample["input_ids"]), skip_special_tokens=True))
+                words.append(count_words(tokenizer.decode(list(sample["input_ids"]), skip_special_tokens=True)))
             else:
-                num_words += count_words(sample["text"])
-    return num_words, num_truncated
+                words.append(count_words(sample["text"]))
+    return words, num_truncated
 
 
 def _reconstruction_report(hypotheses: dict[int, list[int]], samples: list[dict], vae, num_examples: int) -> dict:
@@ -506,7 +524,8 @@ def evaluate(model, samples: list[dict], config: EvalConfig | None = None, learn
     vae = unwrap(model)
     if not samples:
         raise ValueError("no sentences to evaluate: the input is empty (or every line was skipped)")
-    num_words, num_truncated = scored_words(samples, getattr(vae, "tokenizer", None))
+    words, num_truncated = scored_words_per_sentence(samples, getattr(vae, "tokenizer", None))
+    num_words = None if words is None else sum(words)
     with _inference(vae):
         stats, hypotheses = _score_all_sentences(vae, samples, config)
         metrics, notes = summarize(
@@ -541,6 +560,7 @@ def evaluate(model, samples: list[dict], config: EvalConfig | None = None, learn
         "samples_by_prior": samples_by_prior,
         "interpolations": interpolations,
         "latents": latent_sample(stats["mu"], samples, config.num_saved_latents),
+        "profile": profile_metrics(config.profile, stats, words),
         "notes": notes,
         "config": config.to_dict(),
         "world_size": rank_and_world()[1],

@@ -56,6 +56,10 @@ def _rows(result: dict) -> list[tuple[str, str]]:
         rows.append(
             (f"probe '{name}' held-out acc (majority)", f"{_percent(probe['accuracy'])} ({_percent(probe['majority_baseline'])})")
         )
+    profile = result.get("profile") or {}
+    for key, value in profile.items():  # a reference's own numbers (evaluation/profiles.py), labelled with its name
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows.append((f"{profile['name']} {key}", _number(value, 3)))
     return rows
 
 

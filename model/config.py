@@ -9,6 +9,7 @@ from typing import Literal
 from transformers import PretrainedConfig
 
 from ..config import ConfigError, build_from_dict, doc
+from .reference_compat import ReferenceCompat
 
 Pooling = Literal["mean", "max", "first", "attention"]
 Injection = Literal["memory", "embedding", "both", "prefix", "prefix_embedding"]
@@ -45,6 +46,11 @@ class VAEConfig:
         "Its backbone, latent_dim, pooling, injection and memory_states must equal this config's",
     )
 
+    reference_compat: ReferenceCompat = doc(
+        default_factory=ReferenceCompat,
+        help="switches reproducing the reference T5-VAE code's quirks (model/reference_compat.py); all off by default",
+    )
+
     def __post_init__(self) -> None:
         if self.latent_dim < 1:
             raise ConfigError(f"model.latent_dim must be >= 1, got {self.latent_dim}")
@@ -52,6 +58,12 @@ class VAEConfig:
             raise ConfigError(f"model.memory_states must be >= 1, got {self.memory_states}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.reference_compat.pool_padding and self.pooling not in ("mean", "max"):
+            raise ConfigError(f"model.reference_compat.pool_padding: the reference pools with mean or max, not {self.pooling!r}")
+        if self.reference_compat.prefix_reshape and not self.injection.startswith("prefix"):
+            raise ConfigError(
+                f"model.reference_compat.prefix_reshape needs model.injection prefix or prefix_embedding, got {self.injection!r}"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

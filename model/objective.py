@@ -17,6 +17,8 @@ from typing import Literal
 
 import torch
 
+from .reference_compat import reference_reconstruction
+
 
 def gaussian_kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) per dimension: mu, logvar [..., Z] -> [..., Z] (float32)."""
@@ -30,6 +32,7 @@ def vae_loss(
     beta: float,
     free_bits: float = 0.0,
     free_bits_mode: Literal["dimension", "batch"] = "dimension",
+    recon_mean_length: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Assembles the training loss.
 
@@ -39,6 +42,8 @@ def vae_loss(
         beta: KL weight at this step.
         free_bits: threshold lambda in nats per dimension (0 disables it).
         free_bits_mode: "dimension" (per sentence and dimension) or "batch" (batch mean per dimension).
+        recon_mean_length: model.reference_compat.recon_mean_length; N > 0 divides the reconstruction
+            term of the loss by N (the reference's mean over B x N positions); 0 keeps the sum.
     Returns:
         (loss scalar, parts) where parts holds detached batch means of `recon`, `kl` (raw, what -ELBO
         uses), `kl_thresholded` (what the loss uses) and `loss`.
@@ -53,7 +58,7 @@ def vae_loss(
     else:
         raise ValueError(f"unknown free_bits_mode {free_bits_mode!r}; valid: dimension, batch")
     recon = recon_nll.mean()
-    loss = recon + beta * kl_used
+    loss = reference_reconstruction(recon_nll, recon_mean_length) + beta * kl_used
     parts = {
         "loss": loss.detach(),
         "recon": recon.detach(),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .reference_compat import reference_pool
+
 
 class Pooler(nn.Module):
     """`mean` (masked mean), `max` (masked max), `first` (first token), `attention` (a learned query
@@ -14,9 +16,10 @@ class Pooler(nn.Module):
     padding the batch adds; here padding never changes the result.
     """
 
-    def __init__(self, mode: str, model_width: int):
+    def __init__(self, mode: str, model_width: int, include_padding: bool = False):
         super().__init__()
         self.mode = mode
+        self.include_padding = include_padding  # model.reference_compat.pool_padding
         if mode == "attention":
             self.query = nn.Parameter(torch.zeros(model_width))
         elif mode not in ("mean", "max", "first"):
@@ -24,6 +27,8 @@ class Pooler(nn.Module):
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """hidden [B,S,D], attention_mask [B,S] (1 = token) -> pooled [B,D]."""
+        if self.include_padding:
+            return reference_pool(hidden, self.mode)
         mask = attention_mask.to(torch.bool)
         if self.mode == "first":
             return hidden[:, 0]

@@ -47,6 +47,7 @@ from transformers.cache_utils import Cache, DynamicLayer, EncoderDecoderCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .precision import Float32Linear
+from .reference_compat import reference_prefix_reshape
 
 
 def decoder_attention_shape(config: PretrainedConfig) -> tuple[int, int, int]:
@@ -98,8 +99,9 @@ class _ReadOnlyPrefixLayer(DynamicLayer):
 class PrefixInjection(nn.Module):
     """z [B,Z] -> one key/value slot per decoder layer, and the hook that feeds it to the decoder."""
 
-    def __init__(self, latent_dim: int, backbone_config: PretrainedConfig):
+    def __init__(self, latent_dim: int, backbone_config: PretrainedConfig, reference_reshape: bool = False):
         super().__init__()
+        self.reference_reshape = reference_reshape  # model.reference_compat.prefix_reshape
         self.num_layers, self.num_heads, self.head_dim = decoder_attention_shape(backbone_config)
         # No bias, as in the reference: the slot is a function of z alone.
         self.projection = Float32Linear(latent_dim, self.num_layers * self.num_heads * self.head_dim, bias=False)
@@ -107,6 +109,8 @@ class PrefixInjection(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z [B,Z] -> prefix [L,B,H,1,Dh] (one slot per layer; used as both key and value)."""
         batch = z.shape[0]
+        if self.reference_reshape:
+            return reference_prefix_reshape(self.projection(z), self.num_layers, self.num_heads, self.head_dim)
         # Per-sentence reshape first: the reference reshapes [B, L*H*Dh] straight to [L,B,...], which mixes
         # sentences' projections whenever B > 1.
         prefix = self.projection(z).view(batch, self.num_layers, self.num_heads, 1, self.head_dim)

@@ -99,7 +99,7 @@ class Seq2SeqVAE(nn.Module):
         self.config = config
         self.tokenizer = tokenizer
         width = backbone.config.d_model
-        self.pooler = Pooler(config.pooling, width)
+        self.pooler = Pooler(config.pooling, width, include_padding=config.reference_compat.pool_padding)
         # The latent side runs in fp32 under bf16 (model/precision.py): mu, logvar, z, the KL, the projections.
         self.posterior = Float32Linear(width, 2 * config.latent_dim)  # -> (mu, logvar)
         self.latent_to_memory = (
@@ -113,7 +113,9 @@ class Seq2SeqVAE(nn.Module):
             else None
         )
         self.latent_to_prefix = (
-            PrefixInjection(config.latent_dim, backbone.config) if config.injection.startswith("prefix") else None
+            PrefixInjection(config.latent_dim, backbone.config, config.reference_compat.prefix_reshape)
+            if config.injection.startswith("prefix")
+            else None
         )
         if config.gradient_checkpointing:
             # transformers 5 renamed gradient to activation checkpointing; older releases lack the new name.

@@ -155,6 +155,9 @@ def _eval_values(config_path: Path, overrides: list[str], options: JobOptions) -
     }
 
 
+RUN_DIR_PLACEHOLDER = "{run_dir}"
+
+
 def sweep_rows(
     config_path: Path,
     overrides: list[str],
@@ -166,10 +169,17 @@ def sweep_rows(
     """Validates each row against the config and gives every task its own run directory.
 
     A row without `run_dir` runs in `<run_dir>/task-<i>`; explicit run directories must differ.
+    `{run_dir}` in a cell is the sweep's own run_dir, so a row can name another row's run directory
+    (`model.init_from={run_dir}/task-0`: phase 2 from a phase-1 row, configs/paper/grid.tsv).
     """
     rows: list[list[str]] = []
     run_dirs: dict[str, int] = {}
+    sweep_run_dir: str | None = None
     for index, row in enumerate(table_rows):
+        if any(RUN_DIR_PLACEHOLDER in item for item in row):
+            if sweep_run_dir is None:
+                sweep_run_dir = read_run_facts(config_path, overrides, module, layout.world_size).run_dir or "runs"
+            row = [item.replace(RUN_DIR_PLACEHOLDER, sweep_run_dir) for item in row]
         try:
             facts = read_run_facts(config_path, overrides + row, module, layout.world_size)
         except ConfigError as error:
@@ -186,6 +196,14 @@ def sweep_rows(
             )
         run_dirs[run_dir] = index
         rows.append(row)
+    for index, row in enumerate(rows):  # a row that starts from another row's weights must run after it
+        for item in row:
+            source = item.removeprefix("model.init_from=") if item.startswith("model.init_from=") else None
+            if source is not None and run_dirs.get(source.rstrip("/"), -1) >= index:
+                raise ConfigError(
+                    f"sweep table '{table}', row {index}: model.init_from names row {run_dirs[source.rstrip('/')]}'s run "
+                    "directory, which runs after it; put the row it starts from first"
+                )
     return rows
 
 

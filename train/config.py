@@ -197,6 +197,11 @@ def validate_train_config(config: TrainConfig) -> TrainConfig:
             f"{key}.masking_rate",
             "deletion_rate + masking_rate must be < 1",
         )
+        _require(
+            not (config.model.reference_compat.denoise and phase.masking_rate > 0),
+            f"{key}.masking_rate",
+            "model.reference_compat.denoise reproduces the reference's deletion only; set masking_rate to 0",
+        )
         for name in phase.freeze:
             _require(
                 name in PARAMETER_GROUP_NAMES,

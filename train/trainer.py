@@ -24,12 +24,13 @@ import torch
 
 from ..config import save_config
 from ..data.collate import collate, token_counts
-from ..data.noising import apply_noise, mask_token_id_for, protected_token_ids
+from ..data.noising import apply_noise, mask_token_id_for, protected_token_ids, reference_denoise
 from ..data.stream import ShardError, build_loader, read_split
 from ..distributed import any_rank
 from ..evaluation import active_units, validate
 from ..model.invariants import check_gradients
 from ..model.objective import vae_loss
+from ..model.reference_compat import frozen_groups
 from ..checkpoint.saving import (
     capture_rng,
     checkpoint_tag,
@@ -241,11 +242,12 @@ class Trainer:
         if index == self._phase_index:
             return
         phase = self.config.phases[index]
-        set_frozen(self.parts.groups, self.parts.optimizer, phase.freeze)
+        frozen_names = frozen_groups(phase.freeze, self.config.model.reference_compat)
+        set_frozen(self.parts.groups, self.parts.optimizer, frozen_names)
         if self._phase_index is not None or self.kl_target_beta is None:  # not the phase a resume continues
             self.kl_target_beta = phase.beta.start if phase.beta.kind == "kl_target" else None
         self._phase_index = index
-        frozen = ", ".join(phase.freeze) or "nothing"
+        frozen = ", ".join(sorted(frozen_names)) or "nothing"
         self.monitor.message(f"phase {index + 1}/{len(self.config.phases)} {phase.name!r}: {phase.steps} steps, frozen: {frozen}")
 
     def _next_batch(self) -> tuple[dict[str, torch.Tensor], float]:
@@ -283,10 +285,13 @@ class Trainer:
         for micro_step in range(self.accumulation):
             batch, wait = self._next_batch()
             data_wait += wait
-            batch = apply_noise(
-                batch, phase.deletion_rate, phase.masking_rate, self.mask_token_id, self.pad_token_id, self.noise_generator,
-                keep_ids=self.protected_token_ids,
-            )
+            if self.config.model.reference_compat.denoise and phase.deletion_rate > 0:  # the reference's, quirks included
+                batch = reference_denoise(batch, phase.deletion_rate, self.pad_token_id, self.noise_generator)
+            else:
+                batch = apply_noise(
+                    batch, phase.deletion_rate, phase.masking_rate, self.mask_token_id, self.pad_token_id, self.noise_generator,
+                    keep_ids=self.protected_token_ids,
+                )
             num_samples += int(batch["labels"].shape[0])
             source_tokens, target_tokens = token_counts(batch)  # on the host: no device sync
             num_source_tokens += source_tokens
@@ -299,7 +304,10 @@ class Trainer:
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
                 sample=phase.latent == "sample",
             )
-            loss, parts = vae_loss(output.recon_nll, output.kl_per_dim, beta, phase.free_bits, phase.free_bits_mode)
+            loss, parts = vae_loss(
+                output.recon_nll, output.kl_per_dim, beta, phase.free_bits, phase.free_bits_mode,
+                self.config.model.reference_compat.recon_mean_length,
+            )
             # A non-finite loss on any rank must skip the step on every rank without a host round trip:
             # scaling the loss by NaN makes every gradient of this rank NaN (0 * NaN included); the
             # gradients are summed over ranks, so DeepSpeed's all-reduced global norm is NaN on every
@@ -310,7 +318,8 @@ class Trainer:
             loss = loss * torch.where(finite, 1.0, float("nan"))
             self.engine.backward(loss)
             if check_gradients_now and micro_step == self.accumulation - 1:  # gradients are whole before step
-                self.monitor.message(check_gradients(self.parts.groups, has_gradient, phase.freeze))
+                self.monitor.message(check_gradients(
+                    self.parts.groups, has_gradient, frozen_groups(phase.freeze, self.config.model.reference_compat)))
                 self._gradients_checked_in_phase = self._phase_index
             self.engine.step()
             totals += torch.stack([parts[key].detach().float() for key in LOSS_PARTS]) / self.accumulation

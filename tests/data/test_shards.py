@@ -168,7 +168,7 @@ def test_cli_writes_shards_and_reports_errors(tmp_path, tokenizer_dir):
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
-    assert "wrote 15 train / 5 valid samples" in done.stdout
+    assert "wrote 15 train / 5 valid / 0 test samples" in done.stdout
     meta = load_meta(tmp_path / "out")
     assert [s["num_samples"] for s in meta["splits"]["train"]["shards"]] == [4, 4, 4, 3]
     again = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)

@@ -23,9 +23,16 @@ def base_config() -> Path:
 def test_base_is_the_reference_setup(base_config):
     config = load_train_config(base_config)
     model, (autoencoder, vae) = config.model, config.phases
-    assert (model.backbone, model.latent_dim, model.pooling, model.injection) == ("t5-base", 32, "max", "prefix")
+    assert (model.backbone, model.latent_dim, model.pooling, model.injection) == ("t5-small", 32, "max", "prefix")
     assert autoencoder.beta.value == 0 and autoencoder.deletion_rate > 0 and "decoder" in autoencoder.freeze
     assert vae.free_bits > 0 and vae.free_bits_mode == "dimension" and vae.beta.kind == "linear"
+    # model_t5.py:189 AdamW(lr=1e-4) with torch's weight decay 0.01, no scheduler, no clipping, fp32;
+    # 15 + 10 epochs of ceil(100,000 / 128) = 782 steps at the stated global batch of 128.
+    optim = config.optim
+    assert (optim.lr, optim.weight_decay, optim.schedule, optim.gradient_clipping) == (1e-4, 0.01, "constant", 0.0)
+    assert config.precision == "fp32" and config.data.global_batch_size == 128
+    assert (autoencoder.steps, vae.steps) == (15 * 782, 10 * 782) and vae.beta.value == pytest.approx(0.1)
+    assert not model.reference_compat.any()
 
 
 def test_every_grid_row_validates_and_covers_the_reference_grid(base_config):
@@ -33,9 +40,11 @@ def test_every_grid_row_validates_and_covers_the_reference_grid(base_config):
     configs = [load_train_config(base_config, [f"{k}={v}" for k, v in row.items()]) for row in rows]
     assert {c.phases[1].free_bits for c in configs} == {0.0, 0.5, 3.0, 6.0}
     assert {c.phases[1].deletion_rate for c in configs} == {0.0, 0.15, 0.4}
-    assert {tuple(c.phases[0].freeze) for c in configs if c.phases[0].steps} == {("decoder", "latent"), ()}
-    vanilla = [c for c in configs if c.phases[0].steps == 0]
-    assert len(vanilla) == 3 and all(c.total_steps == c.phases[1].steps for c in vanilla)
+    assert {tuple(c.phases[0].freeze) for c in configs if c.phases[0].steps} == {("decoder", "latent")}
+    phase_2 = [c for c in configs if c.phases[0].steps == 0 and c.model.init_from]
+    vanilla = [c for c in configs if c.phases[0].steps == 0 and not c.model.init_from]
+    assert len(phase_2) == 9 and len(vanilla) == 3 and all(c.total_steps == c.phases[1].steps for c in vanilla)
+    assert {c.model.backbone for c in configs} == {"t5-small", "t5-base"}
 
 
 def test_small_study_loads_and_its_grid_validates():
