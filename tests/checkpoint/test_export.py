@@ -41,7 +41,16 @@ def fp32_export(golden_runs, tmp_path_factory):
     return output
 
 
-@pytest.mark.parametrize("dtype, torch_dtype, tolerance", [("bf16", torch.bfloat16, 3e-2), ("fp16", torch.float16, 2e-3)])
+def test_fp16_export_of_a_t5_is_refused_before_anything_is_written(golden_runs, tmp_path):
+    from seq2vae.checkpoint.export import main
+    from seq2vae.model.invariants import ModelInvariantError
+
+    with pytest.raises(ModelInvariantError, match="fp16 is refused for t5 models: T5-family activations overflow"):
+        main([str(golden_runs["zero3"] / "run"), "--output", str(tmp_path / "fp16"), "--dtype", "fp16"])
+    assert not (tmp_path / "fp16").exists()
+
+
+@pytest.mark.parametrize("dtype, torch_dtype, tolerance", [("bf16", torch.bfloat16, 3e-2)])
 def test_export_dtype(dtype, torch_dtype, tolerance, fp32_export, golden_runs, tmp_path):
     from seq2vae.checkpoint.export import main
 

@@ -95,8 +95,8 @@ def test_export_and_eval_of_the_run_directory_keep_the_trained_head(flan_run, sh
     assert not (tmp_path / "fp16").exists()
     output = tmp_path / "eval.json"
     assert eval_main([
-        "--model", str(root / "run"), "--data", str(shard_dir), "--iw-samples", "2", "--batch-size", "16",
-        "--device", "cpu", "--max-sentences", "16", "--max-reconstructions", "0", "--output", str(output),
+        "--model", str(root / "run"), "--data", str(shard_dir), "--iw-samples", "1", "--batch-size", "8",
+        "--device", "cpu", "--max-sentences", "8", "--max-reconstructions", "0", "--output", str(output),
     ]) == 0
     (eval_export,) = (root / "run" / "export").iterdir()  # where eval exported the latest checkpoint
     _assert_head(eval_export, final)
