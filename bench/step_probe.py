@@ -115,12 +115,12 @@ class HostSyncCounter:
 
 
 class _Clock:
-    """Start/stop marks for one phase: CUDA events on a GPU (read later), the host clock on CPU."""
+    """Start/stop marks for one phase, tagged with the step they fall in: CUDA events on a GPU (read
+    later), the host clock on CPU."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
-        self.pairs: list[tuple[object, object]] = []
-        self.host_s: list[float] = []
+        self.marks: list[tuple[int, object, object]] = []  # (step index, start, end or seconds)
 
     def start(self):
         if self.cuda:
@@ -129,19 +129,20 @@ class _Clock:
             return event
         return time.perf_counter()
 
-    def stop(self, begun) -> None:
+    def stop(self, step_index: int, begun) -> None:
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
-            self.pairs.append((begun, event))
+            self.marks.append((step_index, begun, event))
         else:
-            self.host_s.append(time.perf_counter() - begun)
+            self.marks.append((step_index, begun, time.perf_counter() - begun))
 
-    def seconds(self) -> list[float]:
+    def seconds(self, step_indices: set[int]) -> float:
+        """Total seconds of the marks in those steps."""
         if self.cuda:
             torch.cuda.synchronize()
-            return [start.elapsed_time(end) / 1e3 for start, end in self.pairs]
-        return self.host_s
+            return sum(start.elapsed_time(end) / 1e3 for index, start, end in self.marks if index in step_indices)
+        return sum(seconds for index, _, seconds in self.marks if index in step_indices)
 
 
 class StepProbe:
@@ -179,7 +180,7 @@ class StepProbe:
                     return original(*args, **kwargs)
                 begun = clock.start()
                 result = original(*args, **kwargs)
-                clock.stop(begun)
+                clock.stop(len(self.steps), begun)  # steps close when the next begins: this one's index
                 return result
 
             return call
@@ -277,9 +278,10 @@ class StepProbe:
         def median(values):
             return statistics.median(values) if values else None
 
-        # Engine calls are timed from step `warmup_steps` on, the last step included (its save and
-        # validation call no engine method).
-        split = {phase: sum(clock.seconds()) / max(len(measured), 1) for phase, clock in self.clocks.items()}
+        # One set of steps for every phase of the split: the measured ones but the last (its final save
+        # and validation would swamp the step time).
+        indices = {index for index, step in enumerate(self.steps) if step in timed}
+        split = {phase: clock.seconds(indices) / max(len(timed), 1) for phase, clock in self.clocks.items()}
         split.update({
             "data": sum(step["data_s"] for step in timed) / max(len(timed), 1),
             "host_waits": sum(step["host_waits_s"] for step in timed) / max(len(timed), 1),
