@@ -32,10 +32,10 @@ from ..model.objective import vae_loss
 from ..checkpoint.saving import (
     capture_rng,
     checkpoint_tag,
+    finish_checkpoint,
     load_checkpoint,
     resolve_resume,
     restore_rng,
-    finish_checkpoint,
     save_checkpoint,
     start_checkpoint,
 )
