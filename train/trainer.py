@@ -34,10 +34,10 @@ from ..model.reference_compat import frozen_groups
 from ..checkpoint.saving import (
     capture_rng,
     checkpoint_tag,
+    finish_checkpoint,
     load_checkpoint,
     resolve_resume,
     restore_rng,
-    finish_checkpoint,
     save_checkpoint,
     start_checkpoint,
 )

@@ -1,4 +1,4 @@
-"""Asynchronous checkpoints with real ranks: 2-process torchrun ZeRO-2 runs on CPU (gloo).
+"""Asynchronous checkpoints with real ranks: 2-process torchrun ZeRO-2 and ZeRO-3 runs on CPU (gloo).
 
 The same run saves every 3 steps synchronously and asynchronously (files written by a thread while
 training goes on, sealed 2 steps later). Training is unchanged, every asynchronous checkpoint is
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-TOTAL_STEPS = 12  # configs/debug-zero2.yaml
+TOTAL_STEPS = 12  # configs/debug-zero2.yaml and debug-zero3.yaml
 LOSSES = ("train/loss", "train/recon", "train/kl", "train/beta", "train/lr", "train/grad_norm")
 
 
@@ -40,10 +40,11 @@ def same(a, b, where: str) -> None:
 
 
 @pytest.mark.slow
-def test_asynchronous_checkpoints_are_sealed_complete_identical_and_resume_bit_exactly(data_overrides, launch, tmp_path):
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_asynchronous_checkpoints_are_sealed_complete_identical_and_resume_bit_exactly(stage, data_overrides, launch, tmp_path):
     from seq2vae.checkpoint.durability import checkpoint_problems
 
-    config = CONFIGS / "debug-zero2.yaml"
+    config = CONFIGS / f"debug-{stage}.yaml"
     common = [*data_overrides, "checkpoint.every_steps=3", "checkpoint.keep_last=10"]
     sync_dir, async_dir, resumed_dir = tmp_path / "sync", tmp_path / "async", tmp_path / "resumed"
     done = launch.run(launch.train_args(config, *common, f"run_dir={sync_dir}"))

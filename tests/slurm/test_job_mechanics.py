@@ -6,7 +6,9 @@ rank 0 also writes to the job log; the restart limit holds; a job that fails req
 and resumes from its latest checkpoint; in a 2-task sweep
 each task runs its own row, and when one task is warned, only its ranks get the signal (each
 exactly once; torchrun survives it), they save, the task requeues itself and its next run resumes
-from the saved step. (test_training_jobs.py repeats the preemption with the real trainer.)
+from the saved step; a job that reaches its time limit without a warning saves on SLURM's TERM,
+requeues and finishes in its next run, while a job stopped with `scancel` saves and is not requeued.
+(test_training_jobs.py repeats the preemption and the time limit with the real trainer.)
 """
 
 from __future__ import annotations
@@ -164,6 +166,7 @@ def test_gpu_request_on_a_cpu_only_partition_is_refused(slurm_cluster, tmp_path)
     assert "partition 'debug' is CPU-only (sinfo reports GRES (null))" in result.stderr
 
 
+@pytest.mark.slow
 def test_job_at_its_time_limit_saves_on_term_requeues_and_resumes(slurm_cluster, stand_in_setup, tmp_path):
     # No warning signal (--signal-seconds 0): SLURM's TERM at the one-minute limit is all the
     # job gets. The first run could not finish within the limit (0.5 s a step); the requeued run can.
@@ -185,6 +188,7 @@ def test_job_at_its_time_limit_saves_on_term_requeues_and_resumes(slurm_cluster,
     assert sorted(e["rank"] for e in events(run_dir, event="done", step=400, restart=1)) == [0, 1]
 
 
+@pytest.mark.slow
 def test_cancelled_job_saves_on_term_and_is_not_requeued(slurm_cluster, stand_in_setup, tmp_path):
     config = stand_in_config(tmp_path, steps=400, step_seconds=0.25)
     run_dir = tmp_path / "run"
