@@ -204,7 +204,7 @@ def posterior_pass(
             single z of the reconstruction term and of the MI estimate.
         samples_per_call: samples per sentence in one `log_likelihood` call ([B, k, Z] -> [B, k]).
         prior_z: [B,Z] draws from N(0, I); when given, two more decoder calls score each sentence
-            with the next sentence's z0 (NaN in a batch of one) and with its prior z (decoder reliance).
+            with the previous sentence's z0 in the batch (NaN in a batch of one) and with its prior z (decoder reliance).
     Returns: CPU float32 tensors mu, logvar, z0 [B,Z]; recon_nll, kl, iw_log_px, mean_log_px, num_tokens [B];
         with prior_z also recon_nll_other_z, recon_nll_prior_z [B].
     """
@@ -645,4 +645,5 @@ def validate(
     # Scalars only (training logs them); per-word perplexity needs texts, which batches do not carry.
     metrics = {k: v for k, v in metrics.items() if not isinstance(v, list) and "per_word" not in k and k != "num_words"}
     metrics["iw_samples"] = num_samples
+    metrics["mi_saturated"] = float(metrics["mi_saturated"])  # a TensorBoard scalar: 1 when MI sits at log N
     return {**metrics, "reconstructions": gathered[0][1], "notes": notes}
