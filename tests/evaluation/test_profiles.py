@@ -111,7 +111,9 @@ def test_evaluate_reports_the_profile_beside_our_metrics(tiny_t5_dir, eval_jsonl
     tokens_without_eos = ours["num_tokens"] - ours["num_sentences"]
     assert park["ppl"] == pytest.approx(math.exp(ours["neg_elbo"] * ours["num_sentences"] / tokens_without_eos), rel=1e-9)
     assert park["ppl"] > ours["ppl_elbo_per_token"]
-    he = evaluate(vae, samples[:3], EvalConfig(iw_samples=4, profile="he2019", **config))  # K=500: few sentences
+    # he2019 forces its K = 500: two sentences in one decoder call of 1000 sequences keep it quick.
+    he_config = {**config, "batch_size": 2, "decoder_batch_size": 1000}
+    he = evaluate(vae, samples[:2], EvalConfig(iw_samples=4, profile="he2019", **he_config))
     assert he["config"]["iw_samples"] == 500
     assert he["profile"]["iw_ppl"] == pytest.approx(he["metrics"]["ppl_iw_per_word"], rel=1e-9)
     assert evaluate(vae, samples[:4], EvalConfig(iw_samples=2, **config))["profile"] is None

@@ -28,7 +28,7 @@ def test_a_run_in_full_compat_mode(data_overrides, launch, tmp_path):
         "phases.0.steps=2", "phases.0.masking_rate=0", "phases.1.steps=2", "validation.every_steps=0",
         "validation.max_batches=1", "validation.num_reconstructions=0",
     )]
-    done = subprocess.run(command, env=launch.env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, env=launch.env(), capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, launch.tail(done)
     assert "frozen: decoder, embeddings" in done.stdout + done.stderr  # the tied LM head takes the embedding along
     metrics = launch.metrics(run_dir)
