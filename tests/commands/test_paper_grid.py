@@ -16,8 +16,6 @@ from seq2vae.slurm.options import JobOptions, resolve_layout
 from seq2vae.slurm.run_config import TRAINER_MODULE
 from seq2vae.slurm.sweep import read_sweep_table
 
-from .test_sweep import output, seq2vae
-
 PAPER = Path(__file__).resolve().parents[2] / "configs" / "paper"
 TINY = [
     "model.backbone=debug-t5", "phases.0.steps=2", "phases.1.steps=2", "data.micro_batch_size=4",
@@ -51,7 +49,7 @@ def test_a_row_cannot_start_from_a_row_that_runs_after_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_tiny_paper_sweep_runs_phase_1_once_and_starts_phase_2_from_it(shard_dir, tokenizer_dir, tmp_path):
+def test_a_tiny_paper_sweep_runs_phase_1_once_and_starts_phase_2_from_it(shard_dir, tokenizer_dir, launch, tmp_path):
     lines = (PAPER / "grid.tsv").read_text().splitlines()
     header = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
     body = [line for line in lines[header + 1 :] if line and not line.startswith("#")]
@@ -59,9 +57,10 @@ def test_a_tiny_paper_sweep_runs_phase_1_once_and_starts_phase_2_from_it(shard_d
     # Phase 1 without denoising, rows 4 and 7 that start from it, and the vanilla row 13 (no phase 1).
     table.write_text("\n".join([lines[header], body[0], body[4], body[7], body[13]]) + "\n")
     root = tmp_path / "runs"
-    done = seq2vae("sweep", str(table), "--config", str(PAPER / "base.yaml"), "--output-root", str(root),
-                   "--eval-args", EVAL_ARGS, f"data.train={shard_dir}", f"model.tokenizer={tokenizer_dir}", *TINY)
-    assert done.returncode == 0, output(done)[-4000:]
+    done = launch.seq2vae("sweep", str(table), "--config", str(PAPER / "base.yaml"), "--output-root", str(root),
+                          "--eval-args", EVAL_ARGS, f"data.train={shard_dir}", f"model.tokenizer={tokenizer_dir}", *TINY,
+                          timeout=1200)
+    assert done.returncode == 0, launch.tail(done)
     for index in range(4):
         assert (root / f"task-{index}" / "eval.json").is_file()
     for index in (1, 2):
