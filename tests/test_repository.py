@@ -224,6 +224,8 @@ def test_every_dependency_is_bounded_and_pinned_within_its_bounds():
     pins = _constraints()
     for requirement in _requirements():
         assert any(spec.operator in ("<", "<=", "==", "~=") for spec in requirement.specifier), requirement
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": "test"}):
+            continue  # not installed on the Python CI runs (e.g. tomli below 3.11)
         pinned = pins[canonicalize_name(requirement.name)]
         assert requirement.specifier.contains(pinned), (requirement, pinned)
 
