@@ -18,8 +18,7 @@ import contextlib
 import os
 import re
 import socket
-from collections.abc import Callable
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path

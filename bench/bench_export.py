@@ -53,8 +53,8 @@ def make_run(root: Path, layers: int, width: int) -> Path:
     from seq2vae.config import save_config
     from seq2vae.data.synthetic import generate_corpus
     from seq2vae.data.tokenizer import train_tokenizer
-    from seq2vae.train.config import load_train_config
     from seq2vae.distributed import init_world
+    from seq2vae.train.config import load_train_config
     from seq2vae.train.engine import build_engine
 
     tokenizer = root / "tokenizer"
@@ -104,10 +104,10 @@ def measure(path: str, run_dir: str, output: str) -> None:
     import deepspeed.utils.zero_to_fp32  # noqa: F401
     import transformers.models.t5.modeling_t5  # noqa: F401
 
+    import seq2vae.checkpoint.export  # noqa: F401
     import seq2vae.model  # noqa: F401
     import seq2vae.train.config  # noqa: F401
     import seq2vae.train.consolidate  # noqa: F401
-    import seq2vae.checkpoint.export  # noqa: F401
     from seq2vae.checkpoint.mapped_pages import MappedPages
 
     consolidation, dtype, release_pages = PATHS[path]
@@ -131,10 +131,10 @@ def export(run_dir: Path, output: Path, consolidation: str, dtype: str) -> tuple
     import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from seq2vae.model import build_vae
-    from seq2vae.train.config import load_train_config
     from seq2vae.checkpoint.consolidate import consolidate
     from seq2vae.checkpoint.export import DTYPES, assemble
+    from seq2vae.model import build_vae
+    from seq2vae.train.config import load_train_config
 
     config = load_train_config(run_dir / "config.yaml")
     checkpoint = run_dir / "checkpoints" / "step_00000000"

@@ -85,9 +85,9 @@ def owned_bytes(engine) -> int:
 
 
 def worker(args: argparse.Namespace) -> None:
-    from seq2vae.train.config import DataConfig, TrainConfig
-    from seq2vae.model.config import VAEConfig
     from seq2vae.distributed import init_world
+    from seq2vae.model.config import VAEConfig
+    from seq2vae.train.config import DataConfig, TrainConfig
     from seq2vae.train.engine import build_engine
 
     world = init_world(600)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from seq2vae.data.synthetic import parse_sentence
 from seq2vae.evaluation.data import load_samples
 from seq2vae.evaluation.diagnostics import text_quality

@@ -152,9 +152,9 @@ def zero3_worker(tokenizer_dir: str, d_model: int, layers: int, precision: str, 
     import deepspeed
     from transformers import AutoTokenizer
 
+    from seq2vae.distributed import init_world, shutdown_world
     from seq2vae.model import vae_loss
     from seq2vae.train.config import OptimConfig
-    from seq2vae.distributed import init_world, shutdown_world
     from seq2vae.train.ds_config import load_ds_template, resolve_ds_config
 
     world = init_world(600)

@@ -76,8 +76,8 @@ def main() -> None:
         scratch = Path(scratch)
         from seq2vae.data.synthetic import generate_corpus
         from seq2vae.data.tokenizer import train_tokenizer
-        from seq2vae.model.debug import debug_backbone_config
         from seq2vae.model import Seq2SeqVAE, VAEConfig
+        from seq2vae.model.debug import debug_backbone_config
 
         tokenizer = train_tokenizer((row["text"] for row in generate_corpus(2000, seed=0)), scratch / "tok", vocab_size=1000)
         torch.manual_seed(0)

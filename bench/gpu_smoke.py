@@ -54,10 +54,11 @@ GIB = 2**30
 def prepare(out: Path, dry_run: bool) -> dict:
     """Tokenizer, shards and a saved random backbone under OUT/inputs (reused when present)."""
     import torch
+    from transformers import AutoModelForSeq2SeqLM, T5Config
+
     from seq2vae.data.shards import write_shards
     from seq2vae.data.synthetic import generate_corpus, write_jsonl
     from seq2vae.data.tokenizer import train_tokenizer
-    from transformers import AutoModelForSeq2SeqLM, T5Config
 
     inputs = out / "inputs"
     tokenizer_dir, shard_dir = inputs / "tokenizer", inputs / "shards"
@@ -210,6 +211,7 @@ def planned(preset: str, overrides: list[str], ranks: int) -> dict:
     """`seq2vae plan`'s per-rank estimate for the same config on this node (failures recorded, not raised)."""
     try:
         import torch
+
         from seq2vae.plan import ClusterLayout
         from seq2vae.train.capacity import plan_training_run
         from seq2vae.train.config import load_train_config
@@ -231,9 +233,10 @@ def planned(preset: str, overrides: list[str], ranks: int) -> dict:
 def worker(args) -> None:
     """One rank (under torchrun, or alone): the real Trainer with bench/step_probe.py around it."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from step_probe import StepProbe
+
     from seq2vae.train.config import load_train_config
     from seq2vae.train.trainer import Trainer
-    from step_probe import StepProbe
 
     probe_dir = Path(args.probe_dir)
     rank = int(os.environ.get("RANK", "0"))

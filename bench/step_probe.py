@@ -42,8 +42,9 @@ def _package_dir(module) -> str:
 
 
 def _host_side_prefixes() -> tuple[str, ...]:
-    import seq2vae.data
     import torch.utils.data
+
+    import seq2vae.data
 
     return (_package_dir(seq2vae.data), _package_dir(torch.utils.data))
 

@@ -64,6 +64,7 @@ from deepspeed.checkpoint.constants import (
 from .mapped_pages import MappedPages
 from .safe_load import load_weights_only
 
+
 @dataclass
 class ModelStates:
     """What one `*_model_states.pt` contributes (tensors still backed by the file's mapping)."""

@@ -21,8 +21,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
 from ..distributed import gather_objects
+from ..errors import UserError
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1

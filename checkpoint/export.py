@@ -28,6 +28,7 @@ from ..model.build import backbone_config
 from ..model.invariants import check_model, refuse_fp16
 from .saving import latest_checkpoint, run_model_config
 
+
 class ExportError(UserError, ValueError):
     """A run directory, checkpoint or option `seq2vae export` cannot use; the message names it."""
 

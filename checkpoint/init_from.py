@@ -23,10 +23,10 @@ from torch import nn
 
 from ..config import ConfigError
 from ..model import Seq2SeqVAE, VAEConfig
-from .initial_weights import copy_parameters
 from ..model.vae import CONFIG_FILE, refuse_pickled_weights
-from .saving import latest_checkpoint, run_model_config
 from .consolidate import consolidate
+from .initial_weights import copy_parameters
+from .saving import latest_checkpoint, run_model_config
 
 # Settings that change the VAE's parameters: a source must agree on all of them with the config.
 ARCHITECTURE_KEYS = ("backbone", "latent_dim", "pooling", "injection", "memory_states")

@@ -21,15 +21,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..checkpoint.saving import TAG_PREFIX, latest_checkpoint
 from ..config import ConfigError
+from ..distributed import free_port
+from ..evaluation.study_report import ReportError, write_report
 from ..slurm.options import JobOptions, resolve_layout
 from ..slurm.render import REQUEUE_EXIT_CODE, sweep_rows
 from ..slurm.run_config import TRAINER_MODULE, check_config_file
 from ..slurm.sweep import read_sweep_table
 from ..train.config import load_train_config
-from ..checkpoint.saving import TAG_PREFIX, latest_checkpoint
-from ..distributed import free_port
-from ..evaluation.study_report import ReportError, write_report
 
 EVAL_FILE = "eval.json"
 DEFAULT_EVAL_ARGS = "--iw-samples 100"

@@ -6,7 +6,6 @@ imports DeepSpeed. The names below are the package's API: training imports only 
 """
 
 from .harness import EvalConfig, check_estimator_settings, evaluate, validate
-
 from .metrics import (
     ActiveUnits,
     MutualInformation,

@@ -26,20 +26,19 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..data.stream import ShardError
+from ..checkpoint.export import export_run
+from ..checkpoint.saving import latest_checkpoint
 from ..config import add_flags, from_flags
-from ..errors import UserError
-from ..plan.memory import InferenceBatch
-from .data import EvalDataError, load_samples
 from ..distributed import gather_objects, process_group
+from ..errors import UserError
+from ..model import Seq2SeqVAE
+from ..model.prior import saved_prior
+from ..model.vae import BACKBONE_SUBDIR, saved_tokenizer
+from ..plan.memory import InferenceBatch
+from .data import load_samples
 from .harness import CONVENTIONS, EvalConfig, evaluate
 from .placement import PLACEMENTS, eval_batch, load_zero3, resolve_placement
 from .report import format_comparison, format_table
-from ..checkpoint.saving import latest_checkpoint
-from ..checkpoint.export import export_run
-from ..model.vae import BACKBONE_SUBDIR, saved_tokenizer
-from ..model import Seq2SeqVAE
-from ..model.prior import saved_prior
 
 logger = logging.getLogger("seq2vae.eval")
 EXPORT_POLL_S = 1.0

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from ..data.stream import check_tokenizer, check_vocabulary_fits, load_source_meta, read_split
 from ..data.sources import InputStats, detect_format, read_records
+from ..data.stream import check_tokenizer, check_vocabulary_fits, load_source_meta, read_split
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 

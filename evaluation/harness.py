@@ -28,7 +28,6 @@ from tqdm import tqdm
 
 from ..config import ConfigError, doc
 from ..data.collate import collate
-from .rounds import plan_rounds
 from ..distributed import (
     all_ranks,
     any_rank,
@@ -53,9 +52,10 @@ from .metrics import (
     mutual_information,
     perplexity,
 )
-from .profiles import PROFILES, ProfileName, profile_metrics
 from .probe import discrete_factors, encode_labels, linear_probe
+from .profiles import PROFILES, ProfileName, profile_metrics
 from .reconstruction import corpus_bleu, exact_match, token_accuracy
+from .rounds import plan_rounds
 
 logger = logging.getLogger(__name__)
 

@@ -22,13 +22,11 @@ import torch
 from ..distributed import model_construction, parameter_reader
 from ..model.backbone import pretrained_backbone
 from ..model.invariants import check_model
-from ..model.shape import ModelShape
+from ..model.shape import ModelShape, model_shape
+from ..model.vae import BACKBONE_SUBDIR, HEADS_FILE, Seq2SeqVAE, saved_tokenizer, saved_vae_config
 from ..plan.memory import InferenceBatch
 from ..plan.placement import INFERENCE_ZERO_OPTIMIZATION, PlacementError, choose_placement
 from .harness import iw_samples_per_call
-from ..model.vae import BACKBONE_SUBDIR, saved_vae_config
-from ..model.shape import model_shape
-from ..model.vae import HEADS_FILE, Seq2SeqVAE, saved_tokenizer
 
 Placement = Literal["auto", "replica", "zero3"]
 PLACEMENTS = ("auto", "replica", "zero3")

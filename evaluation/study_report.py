@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import sys
 from pathlib import Path
 from typing import Any
 
 from .report import format_comparison
-from .study_runs import ReportError, StudyRun, load_runs, varied_settings
+from .study_runs import StudyRun, load_runs, varied_settings
 
 # Metric columns after the settings: (CSV column = key in the eval JSON's metrics, markdown header).
 METRIC_COLUMNS: tuple[tuple[str, str], ...] = (

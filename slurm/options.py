@@ -13,6 +13,7 @@ from typing import Literal
 
 from ..config import ConfigError, doc
 
+
 @dataclass
 class JobOptions:
     nodes: int = doc(1, "nodes in the allocation; one torchrun per node, all joining one rendezvous")

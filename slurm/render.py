@@ -18,8 +18,8 @@ from ..config import ConfigError
 from .cluster import check_partition_has_gpus
 from .job_environment import job_environment_lines
 from .options import JobOptions, Layout, resolve_layout, resolve_resources
-from .signal_lead import SignalLead, signal_lead
 from .run_config import TRAINER_MODULE, check_config_file, read_run_facts
+from .signal_lead import SignalLead, signal_lead
 from .sweep import read_sweep_table
 
 JobKind = Literal["train", "eval", "sweep"]

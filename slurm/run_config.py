@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, parse_override, read_yaml_mapping
-from ..train.config import load_train_config
-from ..train.config import DataConfig, gradient_accumulation_steps
+from ..train.config import DataConfig, gradient_accumulation_steps, load_train_config
 
 TRAINER_MODULE = "seq2vae.train"
 

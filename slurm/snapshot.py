@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 from ..config import ConfigError
 from ..model.debug import DEBUG_BACKBONES
-from .run_config import TRAINER_MODULE, _plain_config, check_config_file
 from ..train.config import load_train_config
+from .run_config import TRAINER_MODULE, _plain_config, check_config_file
 
 Role = Literal["backbone", "tokenizer"]
 

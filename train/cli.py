@@ -11,10 +11,10 @@ import argparse
 import os
 import sys
 
-from ..errors import UserError, deliver_user_errors, is_reporting_rank
-from .config import PhaseConfig, TrainConfig, load_train_config
 from ..config import describe
 from ..distributed import shutdown_world
+from ..errors import UserError, deliver_user_errors, is_reporting_rank
+from .config import PhaseConfig, TrainConfig, load_train_config
 from .run_lock import exit_with_launcher
 from .signals import REQUEUE_EXIT_CODE
 from .trainer import run

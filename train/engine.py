@@ -15,16 +15,16 @@ from typing import Any
 
 import torch
 
+from ..checkpoint.background import install_background_writer
+from ..checkpoint.init_from import load_init_weights, resolve_init_from
+from ..checkpoint.initial_weights import has_random_backbone, initialise, reference_backbone_weights
+from ..distributed import World, model_construction, parameter_reader, zero_stage
 from ..model import Seq2SeqVAE, VAEConfig, build_vae
 from ..model.build import backbone_config
 from ..model.invariants import check_model
 from .config import TrainConfig
-from ..distributed import World, model_construction, parameter_reader, zero_stage
 from .ds_config import resolved_ds_config
 from .freezing import optimizer_param_groups, skip_frozen_groups
-from ..checkpoint.background import install_background_writer
-from ..checkpoint.init_from import load_init_weights, resolve_init_from
-from ..checkpoint.initial_weights import has_random_backbone, initialise, reference_backbone_weights
 
 
 @dataclass

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import PeerUserError, UserError
 from ..distributed import any_rank, gather_objects
+from ..errors import PeerUserError, UserError
 
 
 def agree_on_user_error(error: UserError | None, device: torch.device) -> None:

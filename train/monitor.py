@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-
 # JSON-lines records in the run directory, one line per logged step.
 RECORDS = ("metrics.jsonl", "validation.jsonl")
 

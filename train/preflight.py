@@ -12,15 +12,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint.saving import resolve_resume
+from ..data.stream import ShardError, check_tokenizer, check_vocabulary_fits, load_source_meta, open_source
 from ..errors import UserError
+from ..model.build import backbone_config, load_tokenizer
 from ..model.debug import DEBUG_BACKBONES
 from .config import TrainConfig, gradient_accumulation_steps
-from ..data.stream import check_tokenizer, check_vocabulary_fits, load_source_meta, open_source
 from .ds_config import resolved_ds_config
-from ..model.build import load_tokenizer
-from ..model.build import backbone_config
-from ..data.stream import ShardError
-from ..checkpoint.saving import resolve_resume
 
 # A directory holds a backbone's weights when it has one of these (sharded checkpoints: their index).
 WEIGHT_FILES = (

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from ..data.shards import load_meta
 from ..hardware import peak_tflops
 from ..model.flops import training_flops_per_token

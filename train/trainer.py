@@ -22,15 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import save_config
-from ..data.collate import collate, token_counts
-from ..data.noising import apply_noise, mask_token_id_for, protected_token_ids, reference_denoise
-from ..data.stream import ShardError, build_loader, read_split
-from ..distributed import any_rank
-from ..evaluation import active_units, validate
-from ..model.invariants import check_gradients
-from ..model.objective import vae_loss
-from ..model.reference_compat import frozen_groups
 from ..checkpoint.saving import (
     capture_rng,
     checkpoint_tag,
@@ -41,17 +32,26 @@ from ..checkpoint.saving import (
     save_checkpoint,
     start_checkpoint,
 )
+from ..config import save_config
+from ..data.collate import collate, token_counts
+from ..data.noising import apply_noise, mask_token_id_for, protected_token_ids, reference_denoise
+from ..data.stream import ShardError, build_loader, read_split
+from ..distributed import World, any_rank, barrier, init_world, set_collective_timeout
+from ..evaluation import active_units, validate
+from ..model.invariants import check_gradients
+from ..model.objective import vae_loss
+from ..model.reference_compat import frozen_groups
 from .config import PhaseConfig, TrainConfig, gradient_accumulation_steps, validate_train_config
-from ..distributed import World, barrier, init_world, set_collective_timeout
 from .engine import build_engine, has_gradient, set_learning_rate
+from .failures import agree_on_user_error
 from .freezing import set_frozen
 from .monitor import make_monitor
-from .failures import agree_on_user_error
 from .preflight import check_before_run, world_size_from_environment
 from .run_lock import hold_run_directory
 from .schedules import beta_at, lr_at, next_kl_target_beta
 from .signals import REQUEUE_EXIT_CODE, StopRequest
 from .throughput import make_throughput_window
+
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps were skipped for a non-finite loss or gradient norm."""

@@ -37,6 +37,7 @@ def test_carried_wheels_cover_every_requirement(tmp_path):
 
 def test_host_sync_counter_counts_device_reads_not_the_data_pipeline():
     import torch
+
     from seq2vae.data.collate import collate
 
     probe = load_bench("step_probe")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from seq2vae.checkpoint.saving import LATEST_FILE, checkpoint_tag, resolve_resume
 from seq2vae.checkpoint.durability import (
     MANIFEST_FILE,
     DamagedCheckpointError,
@@ -20,6 +19,7 @@ from seq2vae.checkpoint.durability import (
     file_owner,
     seal_checkpoint,
 )
+from seq2vae.checkpoint.saving import LATEST_FILE, checkpoint_tag, resolve_resume
 
 RANK_FILES = ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
 
@@ -125,8 +125,8 @@ def test_an_explicit_damaged_checkpoint_fails_naming_the_file(tmp_path):
 def test_a_world_size_change_that_is_not_supported_says_what_to_run(tmp_path):
     import torch
 
-    from seq2vae.distributed import World
     from seq2vae.checkpoint.reshard import ReshardError, check_reshardable
+    from seq2vae.distributed import World
 
     checkpoint = tmp_path / "run" / "checkpoints" / checkpoint_tag(5)
     checkpoint.mkdir(parents=True)

@@ -30,8 +30,8 @@ def test_a_model_directory_and_a_run_directory_resolve(tiny_t5_dir, golden_runs,
 
 
 def test_bad_directories_are_refused_early_with_the_key_and_the_reason(tiny_t5_dir, tmp_path, tokenizer_dir):
-    from seq2vae.config import ConfigError
     from seq2vae.checkpoint.init_from import resolve_init_from
+    from seq2vae.config import ConfigError
 
     cases = [
         (_model_config(tokenizer_dir, init_from=str(tmp_path / "missing")), "no such directory"),
@@ -68,8 +68,8 @@ def _init_run(launch, data_overrides, stage: str, init_from: Path, out: Path, *e
 )
 @pytest.mark.slow
 def test_init_from_starts_from_the_source_weights(stage, source, golden_runs, data_overrides, launch, tmp_path):
-    from seq2vae.model import Seq2SeqVAE
     from seq2vae.checkpoint.export import export_run
+    from seq2vae.model import Seq2SeqVAE
 
     # The zero2 golden run's final weights, as a model directory; the zero3 golden run as a run directory.
     exported = export_run(golden_runs["zero2"] / "run", tmp_path / "exported")

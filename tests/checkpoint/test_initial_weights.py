@@ -56,8 +56,8 @@ def test_phase_switch_is_inside_the_golden_run(golden_runs):
 @pytest.mark.parametrize("kind", ["t5", "bart"])
 def test_initialisation_depends_on_the_seed_alone(kind, tokenizer_dir):
     """Whatever the global generator's state, the same seed gives the same weights; another seed differs."""
-    from seq2vae.model import VAEConfig, build_vae
     from seq2vae.checkpoint.initial_weights import initialise, reference_backbone_weights
+    from seq2vae.model import VAEConfig, build_vae
 
     config = VAEConfig(backbone=f"debug-{kind}", tokenizer=str(tokenizer_dir), latent_dim=16, injection="both")
 

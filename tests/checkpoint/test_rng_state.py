@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
+
 from seq2vae.checkpoint.saving import capture_rng, restore_rng
 
 

@@ -65,9 +65,9 @@ def test_export_and_eval_refuse_a_planted_pickle_without_running_it(planted, gol
 
 @pytest.mark.parametrize("stage", ["zero1", "zero3"])
 def test_real_checkpoints_of_every_stage_pass_the_allow_list(stage, golden_runs, tmp_path):
-    from seq2vae.model import Seq2SeqVAE
     from seq2vae.checkpoint.export import export_run
     from seq2vae.checkpoint.safe_load import load_weights_only
+    from seq2vae.model import Seq2SeqVAE
 
     run_dir = golden_runs[stage] / "run"
     for checkpoint in (run_dir / "checkpoints").glob("step_*"):

@@ -11,8 +11,8 @@ import pytest
 
 from seq2vae.commands.sweep import plan_rows
 from seq2vae.config import ConfigError
-from seq2vae.slurm.render import sweep_rows
 from seq2vae.slurm.options import JobOptions, resolve_layout
+from seq2vae.slurm.render import sweep_rows
 from seq2vae.slurm.run_config import TRAINER_MODULE
 from seq2vae.slurm.sweep import read_sweep_table
 

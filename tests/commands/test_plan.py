@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-
 import json
 import re
 
 import pytest
 
-from seq2vae.config import ConfigError
 from seq2vae.cli import main as seq2vae_main
 from seq2vae.commands.plan import main as plan_main
-from seq2vae.slurm.job_check import parse_sbatch_mem_gib
+from seq2vae.config import ConfigError
 from seq2vae.slurm import JobOptions, render_job
+from seq2vae.slurm.job_check import parse_sbatch_mem_gib
 
 REPO_CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[2] / "configs"
 

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from seq2vae.data.shards import MetaError, load_meta, write_shards
 from seq2vae.data.sources import InputError
 from seq2vae.data.stream import read_split
@@ -245,6 +246,7 @@ def test_encode_ids_is_byte_for_byte_np_save():
     import io
 
     import numpy as np
+
     from seq2vae.data.shards import decode_ids, encode_ids
 
     generator = np.random.default_rng(0)

@@ -7,6 +7,7 @@ import random
 import statistics
 
 import pytest
+
 from seq2vae.data import synthetic
 from seq2vae.data.synthetic import (
     CONNECTIVES,

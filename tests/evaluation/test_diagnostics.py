@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from seq2vae.data.collate import collate
 from seq2vae.data.synthetic import generate_corpus, parse_sentence, sentence_entropy
 from seq2vae.evaluation.data import load_samples

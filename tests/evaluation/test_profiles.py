@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from seq2vae.evaluation.data import load_samples
 from seq2vae.evaluation.harness import EvalConfig, evaluate
 from seq2vae.evaluation.metrics import (

@@ -8,9 +8,10 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import AutoModelForSeq2SeqLM
+
 from seq2vae.model import Seq2SeqVAE, VAEConfig, build_vae
 from seq2vae.model.backbone import CheckpointHeadError
-from transformers import AutoModelForSeq2SeqLM
 
 
 def saved_head(directory):

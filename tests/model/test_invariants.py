@@ -7,6 +7,9 @@ import functools
 import pytest
 import torch
 import transformers
+from transformers.models.bart.modeling_bart import BartDecoder
+from transformers.models.t5.modeling_t5 import T5Stack
+
 from seq2vae.cli import main as cli_main
 from seq2vae.model import Seq2SeqVAE, VAEConfig, build_vae
 from seq2vae.model.invariants import (
@@ -17,8 +20,6 @@ from seq2vae.model.invariants import (
     check_model,
 )
 from seq2vae.model.prefix import cache_keyword
-from transformers.models.bart.modeling_bart import BartDecoder
-from transformers.models.t5.modeling_t5 import T5Stack
 
 INJECTIONS = ("memory", "embedding", "both", "prefix", "prefix_embedding")
 

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+
 from seq2vae.model.prior import (
     GMM_FILE,
     GaussianMixturePrior,

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import AutoTokenizer, BartConfig, T5Config
+
 from seq2vae.model.config import VAEConfig
 from seq2vae.model.shape import model_shape
 from seq2vae.model.vae import Seq2SeqVAE
 from seq2vae.plan.memory import activation_breakdown
 from seq2vae.plan.saved_tensors import measure_saved_bytes
-from transformers import AutoTokenizer, BartConfig, T5Config
 
 BATCH, LENGTH = 4, 40
 

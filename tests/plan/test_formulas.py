@@ -6,6 +6,8 @@ import pytest
 from transformers import AutoConfig
 
 from seq2vae.model import VAEConfig
+from seq2vae.model.flops import forward_flops_per_sentence, training_flops_per_token
+from seq2vae.model.shape import model_shape
 from seq2vae.plan import (
     InferenceBatch,
     ZeroSetting,
@@ -13,8 +15,6 @@ from seq2vae.plan import (
     inference_bytes,
     model_state_bytes,
 )
-from seq2vae.model.flops import forward_flops_per_sentence, training_flops_per_token
-from seq2vae.model.shape import model_shape
 from seq2vae.plan.memory import inference_activation_bytes
 
 P = 2376  # the tiny T5 VAE, counted in test_model_shape.py; every parameter has an even size

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from seq2vae.cli import main as seq2vae_main
 from seq2vae.config import ConfigError
 from seq2vae.slurm import JobOptions, read_sweep_table, render_job
-from seq2vae.cli import main as seq2vae_main
 from seq2vae.slurm.cli import main as slurm_main
 from seq2vae.slurm.signal_lead import SAVE_TIMING_FILE, checkpoint_write_seconds, signal_lead
 

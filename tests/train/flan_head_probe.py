@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import torch
+
 from seq2vae.train.config import load_train_config
 from seq2vae.train.trainer import Trainer
 

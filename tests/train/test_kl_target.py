@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from seq2vae.config import ConfigError
 from seq2vae.train.config import BetaSchedule, load_train_config
 from seq2vae.train.schedules import next_kl_target_beta

@@ -14,7 +14,6 @@ import math
 import pytest
 import torch
 
-
 TOTAL_STEPS = 12  # configs/debug-zero3.yaml: 4 autoencoder steps (decoder frozen) + 8 VAE steps
 
 pytestmark = pytest.mark.slow  # a 2-rank ZeRO-3 torchrun run
@@ -39,9 +38,9 @@ def test_zero3_prefix_run_trains_and_evaluates(data_overrides, launch, tmp_path)
     assert [v["step"] for v in validation] == [6, 12]
     assert all(math.isfinite(v["eval/iw_nll"]) for v in validation)
 
+    from seq2vae.checkpoint.export import main as export_main
     from seq2vae.evaluation.cli import main as eval_main
     from seq2vae.model import Seq2SeqVAE
-    from seq2vae.checkpoint.export import main as export_main
 
     exported = tmp_path / "exported"
     assert export_main([str(run_dir), "--output", str(exported)]) == 0

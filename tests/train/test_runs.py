@@ -118,8 +118,8 @@ def test_a_step_deepspeed_drops_with_finite_losses_counts_as_skipped_on_all_rank
 
 def test_export_then_from_pretrained_gives_the_same_outputs(stage_runs, tmp_path):
     _, _, _, probe = stage_runs
-    from seq2vae.model import Seq2SeqVAE
     from seq2vae.checkpoint.export import main as export_main
+    from seq2vae.model import Seq2SeqVAE
 
     assert export_main([str(probe / "run"), "--output", str(tmp_path / "exported")]) == 0
     vae = Seq2SeqVAE.from_pretrained(tmp_path / "exported").eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from seq2vae.train.config import BetaSchedule, OptimConfig
 from seq2vae.train.schedules import beta_at, lr_at, next_kl_target_beta
 

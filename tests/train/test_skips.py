@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from seq2vae.train.trainer import NonFiniteLossError, SkipCounter, phase_at
 from seq2vae.train.config import PhaseConfig
+from seq2vae.train.trainer import NonFiniteLossError, SkipCounter, phase_at
 
 
 def test_consecutive_skips_abort_and_a_good_step_resets_the_run():
