@@ -24,7 +24,8 @@ from pathlib import Path
 from ..checkpoint.saving import TAG_PREFIX, latest_checkpoint
 from ..config import ConfigError
 from ..distributed import free_port
-from ..evaluation.study_report import ReportError, write_report
+from ..evaluation.study_report import write_report
+from ..evaluation.study_runs import ReportError
 from ..slurm.options import JobOptions, resolve_layout
 from ..slurm.render import REQUEUE_EXIT_CODE, sweep_rows
 from ..slurm.run_config import TRAINER_MODULE, check_config_file
