@@ -32,7 +32,8 @@ ROWS = [  # (label, phase-1 freeze, compat overrides)
                                                           "freeze_shared_embedding": "true"}),
 ]
 SWITCHES = ("pool_padding", "denoise", "recon_mean_length", "freeze_shared_embedding")
-METRICS = (("recon_nll", "recon"), ("kl", "KL"), ("iw_nll", "IW-NLL"), ("mi_dataset", "MI"), ("active_units", "AU"), ("bleu", "BLEU"))
+METRICS = (("recon_nll", "recon"), ("kl", "KL"), ("iw_nll", "IW-NLL"), ("mi_dataset", "MI"), ("active_units", "AU"),
+           ("bleu", "BLEU"))
 
 
 def write_table(path: Path) -> None:
@@ -61,7 +62,8 @@ def print_table(report_csv: Path) -> None:
 
 
 def main() -> int:
-    args = study_arguments(__doc__, "runs/compat-small", "--iw-samples 10 --max-sentences 300 --prior-samples 0 --interpolations 0")
+    args = study_arguments(__doc__, "runs/compat-small",
+                           "--iw-samples 10 --max-sentences 300 --prior-samples 0 --interpolations 0")
     output = Path(args.output).resolve()
     shards, tokenizer = prepare_study_data(output, args.sentences)
     table = output / "compat-grid.tsv"

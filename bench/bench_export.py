@@ -195,7 +195,8 @@ def main() -> None:
             ratio = (figures["peak"] - consolidated) / figures["written"]
             peaks = " / ".join(f"{value / MIB:.0f}" for value in figures["peaks"].values())
             parts = f"{figures['parts']['RssAnon'] / MIB:.0f} + {figures['parts']['RssFile'] / MIB:.0f}"
-            print(f"{path:<22} {figures['written'] / MIB:>12.0f} {figures['peak'] / MIB:>23.0f} {ratio:>33.2f}   {peaks}; {parts}")
+            print(f"{path:<22} {figures['written'] / MIB:>12.0f} {figures['peak'] / MIB:>23.0f} {ratio:>33.2f}"
+                  f"   {peaks}; {parts}")
         for dtype in ("fp32", "bf16"):
             identical = same_files(root / f"lean-{dtype}", root / f"deepspeed-{dtype}")
             print(f"lean and deepspeed {dtype} exports byte-identical: {identical}")

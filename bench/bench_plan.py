@@ -122,7 +122,8 @@ def predicted_bytes(backbone: str, tokenizer: str, stage: int, world_size: int) 
 
     vae = VAEConfig(backbone=backbone, tokenizer=tokenizer, latent_dim=32)
     shape = model_shape(backbone_config(vae), vae)
-    config = TrainConfig(model=vae, data=DataConfig(train="unused", micro_batch_size=2), deepspeed=f"zero{stage}", precision="bf16")
+    config = TrainConfig(model=vae, data=DataConfig(train="unused", micro_batch_size=2), deepspeed=f"zero{stage}",
+                         precision="bf16")
     zero = ZeroSetting.from_ds_config(resolved_ds_config(config, world_size, shape.d_model))
     states = model_state_bytes(shape, zero, world_size, "bf16")
     return states.device_total - states.gathered, shape.parameters
@@ -177,8 +178,8 @@ def compare_activations(tokenizer_dir: Path) -> None:
     from seq2vae.plan.saved_tensors import measure_saved_bytes
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    print("| backbone | width | precision | checkpointing | encoder layer: planned / measured | decoder layer: planned / measured "
-          "| total planned | total measured | planned / measured |")
+    print("| backbone | width | precision | checkpointing | encoder layer: planned / measured "
+          "| decoder layer: planned / measured | total planned | total measured | planned / measured |")
     print("|---|---|---|---|---|---|---|---|---|")
     for size, (_, _, _, _, vocabulary, batch, length) in ACTIVATION_SIZES.items():
         input_ids = torch.randint(4, min(vocabulary, len(tokenizer)), (batch, length), generator=torch.Generator().manual_seed(0))
@@ -193,7 +194,9 @@ def compare_activations(tokenizer_dir: Path) -> None:
                     if precision == "bf16":
                         vae = vae.to(torch.bfloat16)
                     saved = measure_saved_bytes(vae, input_ids, torch.ones_like(input_ids), input_ids)
-                    planned = activation_breakdown(model_shape(config, vae_config), batch, length, precision, checkpointing, "cpu")
+                    planned = activation_breakdown(
+                        model_shape(config, vae_config), batch, length, precision, checkpointing, "cpu"
+                    )
                     if checkpointing:
                         # The layers' inputs plus one layer live again while it is recomputed.
                         measured = saved.total + max(full.layers("encoder") + full.layers("decoder"))
@@ -258,8 +261,10 @@ def main() -> None:
                     predicted, parameters = predicted_bytes(backbone, tokenizer, stage, world_size)
                     worst = max(measured, key=lambda value: abs(value / predicted - 1))
                     rows.append((name, parameters, stage, world_size, predicted, min(measured), max(measured), worst / predicted))
-                    print(f"{name} ({parameters:,} params) ZeRO-{stage} {world_size} ranks: predicted {predicted / 2**20:.2f} MiB, "
-                          f"measured {min(measured) / 2**20:.2f}-{max(measured) / 2**20:.2f} MiB, worst ratio {worst / predicted:.3f}",
+                    print(f"{name} ({parameters:,} params) ZeRO-{stage} {world_size} ranks: "
+                          f"predicted {predicted / 2**20:.2f} MiB, "
+                          f"measured {min(measured) / 2**20:.2f}-{max(measured) / 2**20:.2f} MiB, "
+                          f"worst ratio {worst / predicted:.3f}",
                           flush=True)
     print("\n| model | ZeRO | ranks | predicted per rank | measured per rank (min-max) | measured / predicted (worst rank) |")
     print("|---|---|---|---|---|---|")

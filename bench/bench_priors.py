@@ -56,7 +56,9 @@ def main() -> None:
               f"distinct {100 * quality['distinct']:5.1f}%  factor combinations {quality['factor_combinations']:3d}/108"
               + (f"  (fit {seconds:.1f} s)" if seconds else ""), flush=True)
 
-    generator = lambda: torch.Generator().manual_seed(1)  # the same draws for every prior
+    def generator() -> torch.Generator:  # the same draws for every prior
+        return torch.Generator().manual_seed(1)
+
     row("N(0, I)", StandardNormalPrior(vae.config.latent_dim).sample(args.samples, generator()))
     start = time.perf_counter()
     points = posterior_draws(*encode_posteriors(vae, train), draws_per_sentence=2, seed=0)

@@ -211,7 +211,8 @@ def probe_run(import_root: Path, workdir: Path, name: str, shards: Path, tokeniz
         "validation.every_steps=0", "validation.max_batches=1", "data.micro_batch_size=16",
     ]
     env = {**os.environ, "PYTHONPATH": str(import_root), "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, str(REPO / "bench" / "step_probe.py"), str(out), str(REPO / "configs" / "debug-zero2.yaml"), *overrides]
+    command = [sys.executable, str(REPO / "bench" / "step_probe.py"), str(out), str(REPO / "configs" / "debug-zero2.yaml"),
+               *overrides]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{name}: {(done.stdout + done.stderr)[-3000:]}")
@@ -258,7 +259,8 @@ def bench_host_syncs(workdir: Path, before: str, steps: int) -> None:
               f"plain step {statistics.median(r['step_s'] for r in runs) * 1e3:.0f} ms (median of 2 runs x "
               f"{runs[0]['plain_steps']} steps)")
     ratio = statistics.median(r["step_s"] for r in results["after"]) / statistics.median(r["step_s"] for r in results["before"])
-    print(f"host syncs  plain-step time after / before: {ratio:.3f}x (CPU: a sync costs nothing here; the count is the GPU's cost)")
+    print(f"host syncs  plain-step time after / before: {ratio:.3f}x "
+          "(CPU: a sync costs nothing here; the count is the GPU's cost)")
     for config in ("t5-base-recipe", "quickstart", "flan-t5-xl-1node"):
         import yaml
 
@@ -302,7 +304,8 @@ def main() -> None:
         for precision in ("fp32", "bf16"):
             ranks = zero3_memory(workdir / "tokenizer", args.d_model, args.layers, precision, workdir)
             worst = max(rank["total_bytes"] for rank in ranks)
-            print(f"memory      ZeRO-3 2 ranks {precision}, per rank (max): params {max(r['params_bytes'] for r in ranks) / mib:.1f} MiB "
+            print(f"memory      ZeRO-3 2 ranks {precision}, per rank (max): "
+                  f"params {max(r['params_bytes'] for r in ranks) / mib:.1f} MiB "
                   f"+ fp32 masters {max(r['fp32_master_bytes'] for r in ranks) / mib:.1f} MiB + Adam "
                   f"{max(r['optimizer_bytes'] for r in ranks) / mib:.1f} MiB = {worst / mib:.1f} MiB  "
                   f"ratio {worst / baseline['total_bytes']:.3f}x (goal <= 0.6x)")

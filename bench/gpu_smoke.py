@@ -292,7 +292,7 @@ def check_wheels(wheels: Path = WHEELS) -> list[str]:
         elif name not in image:
             problems.append(f"{needed_by} needs {requirement}: neither in bench/wheels nor on the GPU image")
 
-    for name, (_, wheel) in carried.items():
+    for _name, (_, wheel) in carried.items():
         with zipfile.ZipFile(wheel) as archive:
             metadata = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
             for line in archive.read(metadata).decode().splitlines():
@@ -337,7 +337,8 @@ def write_results(out: Path, header: dict, rows: list[dict]) -> None:
         syncs = f"{number(probe.get('syncs_per_step_max'), 'd')} ({number(probe.get('syncs_per_logging_step_median'), '.0f')})"
         padding = probe.get("padding_share")
         lines.append(
-            f"| {row['preset']} | {row.get('status')} | {row.get('micro_batch_size')} | {number(row.get('perf/tokens_per_s'), ',.0f')} "
+            f"| {row['preset']} | {row.get('status')} | {row.get('micro_batch_size')} "
+            f"| {number(row.get('perf/tokens_per_s'), ',.0f')} "
             f"| {number(row.get('perf/mfu'), '.3f')} | {number(row.get('memory/peak_allocated_gib'), '.2f')} "
             f"| {number(row.get('planned_total_gib'), '.2f')} | {number(row.get('measured_over_planned'), '.2f')} "
             f"| {number(padding, '.2f')} | {times} | {syncs} | {number((probe.get('save_s') or [None])[-1], '.1f')} |"

@@ -244,7 +244,8 @@ def _zero3_parameters(model: ModelStates, optim: OptimStates, writer: Writer, st
             state[name] = writer.write(pieces, shape, stored)
             offset += share
     if offset != ranks[0].numel:
-        raise ValueError(f"{model.path.parent}: the parameters take {offset} elements per rank, the partitions hold {ranks[0].numel}")
+        raise ValueError(f"{model.path.parent}: the parameters take {offset} elements per rank, "
+                         f"the partitions hold {ranks[0].numel}")
 
 
 def _frozen_parameters(models: list[ModelStates], optim: OptimStates, writer: Writer, state: dict) -> None:

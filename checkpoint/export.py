@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", help="training run directory")
     parser.add_argument("--output", help="output directory (default: RUN_DIR/export/<checkpoint>)")
     parser.add_argument("--checkpoint", help="checkpoint tag, e.g. step_00001000 (default: the latest)")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="dtype of the written weights (default: %(default)s)")
+    parser.add_argument(
+        "--dtype", choices=list(DTYPES), default="fp32", help="dtype of the written weights (default: %(default)s)"
+    )
     parser.add_argument(
         "--max-shard-size", default="5GB", help="largest backbone weights file, e.g. 5GB, 500MB (default: %(default)s)"
     )

@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     config = load_train_config(args.config, args.overrides)
     try:
-        layout = ClusterLayout(args.nodes, args.gpus_per_node, args.gpu_memory_gib, args.host_memory_gib, args.peak_tflops, args.gpu)
+        layout = ClusterLayout(
+            args.nodes, args.gpus_per_node, args.gpu_memory_gib, args.host_memory_gib, args.peak_tflops, args.gpu
+        )
         plan = plan_training_run(config, layout, args.max_length)
     except (ValueError, OSError) as error:
         if isinstance(error, ConfigError):

@@ -20,11 +20,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", default="auto", choices=["auto", "text", "labeled", "jsonl", "hf"],
         help="input kind (default: by extension; 'labeled' = label<TAB>text lines, Optimus' Yelp files, label kept as metadata)",
     )
-    parser.add_argument("--text-field", default="text", help="JSONL / dataset field holding the text; other fields become metadata")
+    parser.add_argument(
+        "--text-field", default="text", help="JSONL / dataset field holding the text; other fields become metadata",
+    )
     parser.add_argument("--split", default=None, help="split of Hugging Face dataset inputs (default: train)")
-    parser.add_argument("--max-length", type=int, default=256, help="longest token sequence kept, EOS included (longer ones are truncated and counted)")
+    parser.add_argument(
+        "--max-length", type=int, default=256,
+        help="longest token sequence kept, EOS included (longer ones are truncated and counted)",
+    )
     parser.add_argument("--shard-size", type=int, default=10_000, help="samples per shard")
-    parser.add_argument("--valid-fraction", type=float, default=0.0, help="fraction of the inputs sent to the valid split (seeded)")
+    parser.add_argument(
+        "--valid-fraction", type=float, default=0.0, help="fraction of the inputs sent to the valid split (seeded)",
+    )
     parser.add_argument("--valid", nargs="+", default=[], metavar="INPUT", help="separate inputs for the valid split")
     parser.add_argument(
         "--test", nargs="+", default=[], metavar="INPUT",

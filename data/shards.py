@@ -526,7 +526,10 @@ def _write(inputs, output_dir, tokenizer, tokenizer_name, stale, valid_inputs, v
         "format": META_FORMAT,
         "version": META_VERSION,
         "tokenizer": tokenizer_info(tokenizer, tokenizer_name),
-        **{key: settings[key] for key in ("max_length", "shard_size", "seed", "valid_fraction", "inputs", "valid_inputs", "text_field")},
+        **{
+            key: settings[key]
+            for key in ("max_length", "shard_size", "seed", "valid_fraction", "inputs", "valid_inputs", "text_field")
+        },
         "splits": {split: {"num_samples": sink.num_samples, "shards": sink.shards} for split, sink in sinks.items()},
         "counts": {
             **dataclasses.asdict(stats),

@@ -172,7 +172,8 @@ def _record_from(example: dict[str, Any], text_field: str, location: str, stats:
         if text is not None:  # the field is there, so the other fields are no help
             detail = f"field {text_field!r} holds a {type(text).__name__}, not a string"
         elif example:
-            detail = f"lacks field {text_field!r}; its fields: {', '.join(map(repr, sorted(example)))} (choose one with --text-field)"
+            detail = (f"lacks field {text_field!r}; its fields: {', '.join(map(repr, sorted(example)))} "
+                      "(choose one with --text-field)")
         else:
             detail = f"lacks field {text_field!r}: the object is empty"
         stats.skip("missing_field", location, detail, strict)

@@ -34,7 +34,8 @@ Resume: `state_dict()` is `{"epoch", "batch"}` (the next batch to hand out) plus
 shape the order; `build_loader(..., state=...)` (or `load_state_dict`) continues with exactly the
 batches the uninterrupted run would have produced. Because shuffling works in independent blocks, a
 stream restarts at the block holding its next batch: shards before it are skipped by their counts,
-so a resume reads at most one shard prefix and one block, however far into the epoch it is. World size, batch size, workers, seed, shuffle buffer, bucketing and shards
+so a resume reads at most one shard prefix and one block, however far into the epoch it is. World size,
+batch size, workers, seed, shuffle buffer, bucketing and shards
 must match (ValueError naming the differences otherwise), except the world size: a state saved on W
 ranks loaded on W' ranks (`EpochPlan.resharded`) spreads the current epoch's samples that no rank has
 consumed yet (replayed from the saved position, no data read) over the W' ranks; the state then
@@ -695,7 +696,9 @@ class ShardLoader:
             self.close()
             raise ShardError(arrays.message)
         batch = {key: torch.from_numpy(value) if isinstance(value, np.ndarray) else value for key, value in arrays.items()}
-        assert position == (self.epoch, self.batch_in_epoch), f"loader order broke: got {position}, expected {(self.epoch, self.batch_in_epoch)}"
+        assert position == (self.epoch, self.batch_in_epoch), (
+            f"loader order broke: got {position}, expected {(self.epoch, self.batch_in_epoch)}"
+        )
         self.skipped.extend(skipped)
         self.batch_in_epoch += 1
         if self.batch_in_epoch == self._settings.plan.batches_in(self.epoch):

@@ -195,7 +195,8 @@ def _model_directory(path: Path) -> tuple[Path, str]:
         # A marker counts only if this job wrote it (torchrun's run id is "none" unless --rdzv-id is
         # given, so the time it was written tells it from an earlier job's).
         if failed.is_file() and failed.stat().st_mtime >= _STARTED - 5 and json.loads(failed.read_text()).get("job") == job:
-            raise ValueError(f"--model {path}: exporting {checkpoint.name} failed on rank 0: {json.loads(failed.read_text())['error']}")
+            raise ValueError(f"--model {path}: exporting {checkpoint.name} failed on rank 0: "
+                             f"{json.loads(failed.read_text())['error']}")
         time.sleep(EXPORT_POLL_S)
     return target, f"run export {checkpoint.name}"
 

@@ -88,7 +88,10 @@ class EvalConfig:
         "None: 1024 on GPU, 128 on CPU (where big batches are bound by memory traffic on the [B*K,T,V] logits)",
     )
     seed: int = doc(0, "seed of every random draw; sentence i's draws depend only on (seed, i)")
-    mi_mini_batch_size: int = doc(32, "M of the mini-batch MI: equal-length groups of at most M sentences (He et al. 2019); the dataset variant uses M = N")
+    mi_mini_batch_size: int = doc(
+        32,
+        "M of the mini-batch MI: equal-length groups of at most M sentences (He et al. 2019); the dataset variant uses M = N",
+    )
     active_unit_delta: float = doc(0.01, "a latent dimension is active when Var_x[mu_d] exceeds this")
     max_reconstructions: int | None = doc(None, "sentences decoded greedily from mu for reconstruction metrics (None: all)")
     num_examples: int = doc(5, "reconstructions shown in the report")

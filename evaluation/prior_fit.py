@@ -79,7 +79,8 @@ def fit_learned_prior(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seq2vae fit-prior", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a save_pretrained / `seq2vae export` directory (the prior is saved there)")
+    parser.add_argument("--model", required=True,
+                        help="a save_pretrained / `seq2vae export` directory (the prior is saved there)")
     parser.add_argument("--data", required=True, help="shard directory or .txt / .jsonl file of training sentences")
     parser.add_argument("--split", default="train", help="shard split to encode (default: %(default)s)")
     parser.add_argument("--max-sentences", type=int, default=5000, help="sentences encoded (default: %(default)s)")

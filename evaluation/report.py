@@ -107,7 +107,8 @@ def format_table(result: dict) -> str:
     by_prior = result.get("samples_by_prior") or {"standard_normal": result.get("prior_samples", [])}
     for name, texts in by_prior.items():
         if texts:
-            lines.append(f"samples from the prior {PRIOR_LABELS.get(name, name)} (first {min(len(texts), SHOWN_PRIOR_SAMPLES)} of {len(texts)}):")
+            lines.append(f"samples from the prior {PRIOR_LABELS.get(name, name)} "
+                         f"(first {min(len(texts), SHOWN_PRIOR_SAMPLES)} of {len(texts)}):")
             lines += [f"  {text}" for text in texts[:SHOWN_PRIOR_SAMPLES]]
     for interpolation in result.get("interpolations", []):
         lines.append(f"interpolation: {interpolation['from']!r} -> {interpolation['to']!r}")

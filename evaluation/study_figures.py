@@ -25,7 +25,8 @@ PCA_FIGURE = (5.0, 4.0)
 # Training scalars drawn as curves: (metrics.jsonl key, axis title).
 CURVES = (("train/recon", "reconstruction (nats/sentence)"), ("train/kl", "KL (nats/sentence)"), ("train/beta", "beta"))
 # Metrics drawn against the varied setting: (metric key, axis title).
-SETTING_METRICS = (("mi_dataset", "MI, q(z) over the set (nats)"), ("active_units", "active units"), ("iw_nll", "IW-NLL (nats/sentence)"))
+SETTING_METRICS = (("mi_dataset", "MI, q(z) over the set (nats)"), ("active_units", "active units"),
+                   ("iw_nll", "IW-NLL (nats/sentence)"))
 # A metadata field colours the PCA when it has this many distinct values at most.
 MAX_COLOUR_CLASSES = 12
 

@@ -50,7 +50,8 @@ def _chosen_prior(model: Path, choice: str):
     """The learned prior for `--prior gmm` / `auto` (None means N(0, I))."""
     learned = saved_prior(model)
     if choice == "gmm" and learned is None:
-        raise GenerateArgumentError(f"--prior gmm: {model} has no {GMM_FILE}; fit one with `seq2vae fit-prior --model {model} ...`")
+        raise GenerateArgumentError(f"--prior gmm: {model} has no {GMM_FILE}; "
+                                    f"fit one with `seq2vae fit-prior --model {model} ...`")
     return None if choice == "standard_normal" else learned
 
 

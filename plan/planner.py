@@ -116,7 +116,9 @@ def eval_placements(shape: ModelShape, layout: ClusterLayout, batch: InferenceBa
     """Where `seq2vae eval` (on the layout's GPUs) would put a model of `shape` whose largest
     decoder call is `batch`."""
     memory = layout.gpu_memory_gib * GIB
-    by_dtype = {name: estimate_placement(shape, size, batch, memory, layout.world_size) for name, size in EVAL_DTYPE_BYTES.items()}
+    by_dtype = {
+        name: estimate_placement(shape, size, batch, memory, layout.world_size) for name, size in EVAL_DTYPE_BYTES.items()
+    }
     return EvalPlacements(batch, by_dtype)
 
 
@@ -231,7 +233,9 @@ def _per_rank(shape: ModelShape, estimate: Estimate, source_length: int, precisi
         "offloaded_host_bytes": states.host,
         "activation_bytes": estimate.activation_bytes,
         "activation_bytes_with_checkpointing": activation_bytes(shape, estimate.micro_batch_size, source_length, precision, True),
-        "activation_bytes_without_checkpointing": activation_bytes(shape, estimate.micro_batch_size, source_length, precision, False),
+        "activation_bytes_without_checkpointing": activation_bytes(
+            shape, estimate.micro_batch_size, source_length, precision, False
+        ),
         "total_bytes": estimate.total_bytes,
     }
 

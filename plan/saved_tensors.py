@@ -34,7 +34,8 @@ class SavedBytes:
 
 def _layer_modules(backbone) -> dict[str, torch.nn.Module]:
     encoder, decoder = backbone.get_encoder(), backbone.get_decoder()
-    blocks = {"encoder": getattr(encoder, "block", None) or encoder.layers, "decoder": getattr(decoder, "block", None) or decoder.layers}
+    blocks = {"encoder": getattr(encoder, "block", None) or encoder.layers,
+              "decoder": getattr(decoder, "block", None) or decoder.layers}
     return {f"{stack}.{index}": module for stack, modules in blocks.items() for index, module in enumerate(modules)}
 
 

@@ -11,4 +11,5 @@ from .options import JobOptions, Layout, Resources, resolve_layout, resolve_reso
 from .render import RenderedJob, render_job
 from .sweep import read_sweep_table
 
-__all__ = ["JobOptions", "Layout", "RenderedJob", "Resources", "read_sweep_table", "render_job", "resolve_layout", "resolve_resources"]
+__all__ = ["JobOptions", "Layout", "RenderedJob", "Resources", "read_sweep_table", "render_job", "resolve_layout",
+           "resolve_resources"]

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_, description=help_)
         command.add_argument("--config", required=True, help="training (or, for --kind eval, evaluation) config YAML")
         command.add_argument("--kind", choices=JOB_KINDS, default="train", help="job template (default: train)")
-        command.add_argument("--sweep", metavar="TABLE.tsv", help="sweep table, one row of overrides per array task (--kind sweep)")
+        command.add_argument("--sweep", metavar="TABLE.tsv",
+                             help="sweep table, one row of overrides per array task (--kind sweep)")
         add_flags(command, JobOptions, _FLAG_NAMES)
         command.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every task")
     return parser

@@ -153,7 +153,8 @@ def resolve_resources(options: JobOptions, layout: Layout) -> Resources:
         raise ConfigError(f"--cpus-per-gpu must be >= 1, got {options.cpus_per_gpu}")
     match = _MEMORY.match(options.mem_per_gpu.strip().upper())
     if match is None:
-        raise ConfigError(f"--mem-per-gpu {options.mem_per_gpu!r}: expected a whole number with an optional K, M, G or T unit, e.g. 64G")
+        raise ConfigError(f"--mem-per-gpu {options.mem_per_gpu!r}: "
+                          "expected a whole number with an optional K, M, G or T unit, e.g. 64G")
     cpus, mem = options.cpus_per_task, options.mem
     if options.exclusive:
         # --mem=0 is SLURM's "all the memory of each node"; the CPUs are then all of the node's, and the

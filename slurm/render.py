@@ -77,7 +77,9 @@ def render_job(
         if module == TRAINER_MODULE and layout.gpus_per_node > 0:
             from .job_check import refuse_if_it_cannot_fit
 
-            planned_save_seconds = refuse_if_it_cannot_fit(config_path, overrides, layout.nodes, layout.gpus_per_node, options.mem)
+            planned_save_seconds = refuse_if_it_cannot_fit(
+                config_path, overrides, layout.nodes, layout.gpus_per_node, options.mem
+            )
     elif kind == "sweep":
         rows = sweep_rows(config_path, overrides, read_sweep_table(sweep_table), module, layout, sweep_table)
         run_dirs = [_run_dir_of(row) for row in rows]

@@ -44,7 +44,8 @@ def offline_overrides(config: str | Path, overrides: list[str], module: str | No
             snapshot = resolve_snapshot(name, role)
             if role == "backbone" and model.get("tokenizer") is None and _missing(Path(snapshot), "tokenizer"):
                 # The trainer falls back to the backbone's tokenizer, which this snapshot lacks.
-                raise ConfigError(f"model.tokenizer is unset and the snapshot of model.backbone '{name}' has no tokenizer: set model.tokenizer")
+                raise ConfigError(f"model.tokenizer is unset and the snapshot of model.backbone '{name}' has no tokenizer: "
+                                  "set model.tokenizer")
             result.append(f"model.{role}={snapshot}")
     return result
 

@@ -324,7 +324,9 @@ def golden_runs(data_overrides, tmp_path_factory) -> dict[str, Path]:
         outputs[stage] = out
     single = root / "zero3-1rank"
     single.mkdir()
-    done = torchrun([str(INITIAL_WEIGHTS_PROBE), str(_probe_config(single, "zero3", data_overrides)), str(single), "--no-train"], nproc=1)
+    done = torchrun(
+        [str(INITIAL_WEIGHTS_PROBE), str(_probe_config(single, "zero3", data_overrides)), str(single), "--no-train"], nproc=1
+    )
     assert done.returncode == 0, tail(done)
     outputs["zero3-1rank"] = single
     return outputs

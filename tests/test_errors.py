@@ -48,7 +48,8 @@ def test_user_errors_are_printed_by_rank_0_only():
     rank0 = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**env, "RANK": "0"})
     rank1 = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**env, "RANK": "1"})
     assert rank0.returncode == rank1.returncode == 2
-    assert rank0.stderr.startswith("seq2vae train: error: command line: unknown key 'optim.lrr'") and rank0.stderr.count("\n") == 1
+    assert (rank0.stderr.startswith("seq2vae train: error: command line: unknown key 'optim.lrr'")
+            and rank0.stderr.count("\n") == 1)
     assert rank1.stderr == ""
 
 

@@ -57,6 +57,8 @@ def plan_training_run(config: TrainConfig, layout: ClusterLayout, given_source_l
         zero=ZeroSetting.from_ds_config(ds_config),
         source_length=length,
         source_length_from=length_from,
-        eval_batch=eval_batch(defaults.iw_samples, defaults.batch_size, defaults.decoder_batch_size, torch.device("cuda"), length),
+        eval_batch=eval_batch(
+            defaults.iw_samples, defaults.batch_size, defaults.decoder_batch_size, torch.device("cuda"), length
+        ),
     )
     return plan_run(shape, run, layout)

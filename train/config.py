@@ -95,7 +95,9 @@ class OptimConfig:
     betas: list[float] = doc(default_factory=lambda: [0.9, 0.999], help="AdamW (beta1, beta2)")
     eps: float = doc(1e-8, "AdamW epsilon")
     warmup_steps: int = doc(0, "linear learning-rate warm-up from 0, in optimizer steps")
-    schedule: Literal["cosine", "linear", "constant"] = doc("cosine", "decay after warm-up, to min_lr_ratio x lr at the last step")
+    schedule: Literal["cosine", "linear", "constant"] = doc(
+        "cosine", "decay after warm-up, to min_lr_ratio x lr at the last step"
+    )
     min_lr_ratio: float = doc(0.1, "final learning rate as a fraction of lr (cosine/linear)")
     gradient_clipping: float = doc(1.0, "clip the global gradient norm to this (0 = off)")
     max_consecutive_skips: int = doc(10, "abort after this many consecutive skipped steps (non-finite loss or gradient norm)")
@@ -130,7 +132,9 @@ class ValidationConfig:
     every_steps: int = doc(500, "validate every N steps (0 = only at the end)")
     max_batches: int = doc(20, "validation batches per rank")
     iw_samples: int = doc(5, "importance samples K per sentence for the IW-NLL estimate (each costs a decoder pass)")
-    mi_mini_batch_size: int = doc(32, "M of the mini-batch MI estimate: equal-length groups of at most M (He et al. 2019; capped at log M)")
+    mi_mini_batch_size: int = doc(
+        32, "M of the mini-batch MI estimate: equal-length groups of at most M (He et al. 2019; capped at log M)"
+    )
     num_reconstructions: int = doc(4, "validation sentences reconstructed (greedy) and logged as text")
 
 
@@ -221,7 +225,8 @@ def validate_train_config(config: TrainConfig) -> TrainConfig:
         if beta.kind == "kl_target":
             _require(beta.target_kl is not None and beta.target_kl > 0, f"{key}.beta.target_kl",
                      f"kind kl_target needs a target KL > 0 (nats per sentence), got {beta.target_kl}")
-            _require(beta.value > beta.start, f"{key}.beta.value", "kind kl_target moves beta within [start, value]: value must exceed start")
+            _require(beta.value > beta.start, f"{key}.beta.value",
+                     "kind kl_target moves beta within [start, value]: value must exceed start")
             _require(beta.gain > 0, f"{key}.beta.gain", f"must be > 0, got {beta.gain}")
         _require(
             phase.latent == "sample" or (beta.value == 0 and beta.start == 0),

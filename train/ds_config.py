@@ -23,7 +23,8 @@ PACKAGED_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
 # Top-level keys DeepSpeed 0.19 reads (deepspeed/runtime/config.py and the feature configs it parses).
 # None = not checked below this key; a dict = the known sub-keys; "zero"/"bf16"/"fp16" = checked
 # against DeepSpeed's own pydantic models (which forbid unknown keys, but only when the engine starts).
-_ADAM_PARAMS = {k: None for k in ("lr", "betas", "eps", "weight_decay", "adam_w_mode", "torch_adam", "bias_correction", "amsgrad", "fused", "foreach", "fp32_optimizer_states")}
+_ADAM_PARAMS = {k: None for k in ("lr", "betas", "eps", "weight_decay", "adam_w_mode", "torch_adam", "bias_correction",
+                                  "amsgrad", "fused", "foreach", "fp32_optimizer_states")}
 TOP_LEVEL_SCHEMA: dict[str, Any] = {
     "train_batch_size": None,
     "train_micro_batch_size_per_gpu": None,

@@ -299,7 +299,8 @@ class Trainer:
             # Pinned (torch's caching host allocator reuses the buffers), so the copy is asynchronous and
             # the host goes on queueing kernels; noising made new tensors, hence here, not in the loader.
             pinned = device.type == "cuda"
-            batch = {key: (value.pin_memory() if pinned else value).to(device, non_blocking=pinned) for key, value in batch.items()}
+            batch = {key: (value.pin_memory() if pinned else value).to(device, non_blocking=pinned)
+                     for key, value in batch.items()}
             output = self.engine(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
                 sample=phase.latent == "sample",

@@ -21,7 +21,8 @@ from seq2vae.checkpoint.durability import (
 )
 from seq2vae.checkpoint.saving import LATEST_FILE, checkpoint_tag, resolve_resume
 
-RANK_FILES = ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+RANK_FILES = ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+              "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
 
 
 def _write_checkpoint(checkpoints_dir: Path, step: int, seal: bool = True) -> Path:
@@ -136,5 +137,7 @@ def test_a_world_size_change_that_is_not_supported_says_what_to_run(tmp_path):
     (checkpoint / MANIFEST_FILE).write_text(json.dumps({**manifest, "world_size": 2}))  # as if written by 2 ranks
     one_rank = World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
     check_reshardable(checkpoint, one_rank, zero_stage=3, offload=False)  # supported: no error
-    with pytest.raises(ReshardError, match=r"written by 2 ranks and this job has 1.*with ZeRO offload.*Resume on 2 ranks.*zero_to_fp32\.py"):
+    with pytest.raises(
+        ReshardError, match=r"written by 2 ranks and this job has 1.*with ZeRO offload.*Resume on 2 ranks.*zero_to_fp32\.py"
+    ):
         check_reshardable(checkpoint, one_rank, zero_stage=3, offload=True)

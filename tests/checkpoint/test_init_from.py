@@ -36,7 +36,8 @@ def test_bad_directories_are_refused_early_with_the_key_and_the_reason(tiny_t5_d
     cases = [
         (_model_config(tokenizer_dir, init_from=str(tmp_path / "missing")), "no such directory"),
         (_model_config(tokenizer_dir, init_from=str(tmp_path)), "neither a model directory"),
-        (_model_config(tokenizer_dir, init_from=str(tiny_t5_dir), latent_dim=32), "model.latent_dim is 16 but this config has model.latent_dim=32"),
+        (_model_config(tokenizer_dir, init_from=str(tiny_t5_dir), latent_dim=32),
+         "model.latent_dim is 16 but this config has model.latent_dim=32"),
         (_model_config(tokenizer_dir, init_from=str(tiny_t5_dir), backbone="debug-bart"), "model.backbone is 'debug-t5'"),
         (_model_config(tokenizer_dir, init_from=str(tiny_t5_dir), injection="both"), "model.injection"),
     ]

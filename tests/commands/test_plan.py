@@ -24,7 +24,8 @@ def run_plan(capsys, *argv: str) -> tuple[int, dict]:
 def test_json_shape_and_a_fitting_11b_run_on_four_nodes(backbone_dirs, capsys):
     code, plan = run_plan(
         capsys, "--config", str(REPO_CONFIGS / "flan-t5-xxl-zero3.yaml"), f"model.backbone={backbone_dirs['flan-t5-xxl']}",
-        "deepspeed=zero3", "data.micro_batch_size=4", "--nodes", "4", "--gpus-per-node", "8", "--max-length", "256", "--gpu", "H100",
+        "deepspeed=zero3", "data.micro_batch_size=4", "--nodes", "4", "--gpus-per-node", "8", "--max-length", "256",
+        "--gpu", "H100",
     )
     assert code == 0 and plan["fits"] is True and plan["problems"] == []
     assert 11.13e9 < plan["parameters"] < 11.14e9  # flan-t5-xxl with its untied LM head
@@ -55,7 +56,8 @@ def test_a_run_that_cannot_fit_says_what_to_change(backbone_dirs, capsys):
     assert any("exceeds the usable" in problem and "deepspeed=zero2_offload" in problem for problem in plan["problems"])
     recommendation = plan["recommendation"]
     assert recommendation["zero_stage"] == 2 and recommendation["offload_optimizer"] and recommendation["fits"]
-    code = seq2vae_main(["plan", "--config", str(REPO_CONFIGS / "flan-t5-xxl-zero3.yaml"), "data.micro_batch_size=0", "--nodes", "1", "--gpus-per-node", "1"])
+    code = seq2vae_main(["plan", "--config", str(REPO_CONFIGS / "flan-t5-xxl-zero3.yaml"), "data.micro_batch_size=0",
+                         "--nodes", "1", "--gpus-per-node", "1"])
     assert code == 2 and "data.micro_batch_size" in capsys.readouterr().err
 
 
@@ -74,7 +76,8 @@ def test_slurm_render_refuses_a_job_that_cannot_fit(backbone_dirs, tmp_path):
     backbone = f"model.backbone={backbone_dirs['flan-t5-xxl']}"
     options = dict(check_partition=False, output_dir=str(tmp_path / "logs"))
     with pytest.raises(ConfigError, match=r"cannot fit 1 node\(s\) x 1 GPU\(s\).*change: deepspeed=zero2_offload"):
-        render_job("train", config, [backbone, "deepspeed=zero1", "data.global_batch_size=null"], JobOptions(nodes=1, gpus_per_node=1, **options))
+        render_job("train", config, [backbone, "deepspeed=zero1", "data.global_batch_size=null"],
+                   JobOptions(nodes=1, gpus_per_node=1, **options))
     job = render_job("train", config, [backbone], JobOptions(nodes=4, gpus_per_node=8, mem="512G", **options))
     assert "#SBATCH --nodes=4" in job.script
     # No save measured yet: the warning lead comes from the planned checkpoint, 14 bytes a parameter

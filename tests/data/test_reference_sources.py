@@ -47,7 +47,8 @@ def test_optimus_plain_files_shard_into_three_splits(tmp_path, tokenizer_dir):
     paths = write_splits(tmp_path / "snli_data", SNLI)
     assert shard(paths, tmp_path / "shards", tokenizer_dir) == 0
     meta = load_meta(tmp_path / "shards")
-    assert {split: meta["splits"][split]["num_samples"] for split in ("train", "valid", "test")} == {"train": 3, "valid": 1, "test": 2}
+    assert ({split: meta["splits"][split]["num_samples"] for split in ("train", "valid", "test")}
+            == {"train": 3, "valid": 1, "test": 2})
     for split, lines in SNLI.items():
         assert texts_and_meta(tmp_path / "shards", split)[0] == lines  # file order, nothing crosses splits
     assert meta["settings"]["test_inputs"] == [paths["test"]]
@@ -65,7 +66,8 @@ def test_yelp_labels_become_metadata_not_text(tmp_path, tokenizer_dir):
 def test_labeled_lines_without_a_tab_are_counted_or_refused(tmp_path, tokenizer_dir):
     path = tmp_path / "yelp.txt"
     path.write_text("1\tfine food .\nno tab here\n2\t \n")
-    assert shard_main([str(path), "--format", "labeled", "--output", str(tmp_path / "out"), "--tokenizer", str(tokenizer_dir), "--quiet"]) == 0
+    assert shard_main([str(path), "--format", "labeled", "--output", str(tmp_path / "out"), "--tokenizer", str(tokenizer_dir),
+                       "--quiet"]) == 0
     counts = load_meta(tmp_path / "out")["counts"]
     assert counts["missing_field"] == 1 and counts["empty"] == 1 and counts["written"] == 1
     with pytest.raises(InputError, match=r"yelp.txt:2: no tab"):

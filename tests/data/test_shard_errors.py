@@ -40,7 +40,7 @@ def test_bad_shard_inputs_fail_at_once_with_one_line(tmp_path, tokenizer_dir):
     )
     assert driver.returncode == 0, driver.stderr[-3000:]
     results = json.loads(driver.stdout.splitlines()[-1])
-    for name, (argv, words) in cases.items():
+    for name, (_argv, words) in cases.items():
         exit_code, stderr = results[name]["exit_code"], results[name]["stderr"]
         lines = [line for line in stderr.splitlines() if line.strip()]
         context = f"{name}: exit code {exit_code}\n{stderr[-2000:]}"

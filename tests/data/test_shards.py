@@ -66,7 +66,8 @@ def test_jsonl_metadata_and_bad_records(tmp_path, tokenizer_dir, caplog):
 
 @pytest.mark.parametrize(
     "content, reason",
-    [(b"fine line\n\xff\xfe\n", "UTF-8"), (b'{"text": "ok"}\n{broken\n', "not JSON"), (b'{"text": "ok"}\n{"other": 1}\n', "lacks field 'text'")],
+    [(b"fine line\n\xff\xfe\n", "UTF-8"), (b'{"text": "ok"}\n{broken\n', "not JSON"),
+     (b'{"text": "ok"}\n{"other": 1}\n', "lacks field 'text'")],
 )
 def test_strict_stops_at_the_bad_line_and_writes_no_meta(tmp_path, tokenizer_dir, content, reason):
     path = tmp_path / ("corpus.txt" if content.startswith(b"fine") else "corpus.jsonl")
@@ -102,7 +103,9 @@ def test_gzip_inputs_match_plain_ones(tmp_path, tokenizer_dir, corpus_jsonl):
 
 
 def test_parallel_tokenisation_writes_identical_shards(tmp_path, tokenizer_dir, corpus_jsonl):
-    serial = write_shards([str(corpus_jsonl)], tmp_path / "one", str(tokenizer_dir), shard_size=256, valid_fraction=0.1, progress=False)
+    serial = write_shards(
+        [str(corpus_jsonl)], tmp_path / "one", str(tokenizer_dir), shard_size=256, valid_fraction=0.1, progress=False
+    )
     parallel = write_shards(
         [str(corpus_jsonl)], tmp_path / "two", str(tokenizer_dir), shard_size=256, valid_fraction=0.1, workers=2, progress=False
     )
@@ -174,7 +177,8 @@ def test_cli_writes_shards_and_reports_errors(tmp_path, tokenizer_dir):
     assert [s["num_samples"] for s in meta["splits"]["train"]["shards"]] == [4, 4, 4, 3]
     again = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert again.returncode == 2 and "already holds shards" in again.stderr
-    missing = subprocess.run(command[:4] + [str(tmp_path / "nope.txt")] + command[5:], capture_output=True, text=True, timeout=120, env=env)
+    missing = subprocess.run(command[:4] + [str(tmp_path / "nope.txt")] + command[5:], capture_output=True, text=True,
+                             timeout=120, env=env)
     assert missing.returncode == 2 and "nope.txt" in missing.stderr
 
 
@@ -211,7 +215,8 @@ def test_tar_members_are_what_tarfile_writes():
 
 def test_field_messages_say_what_is_wrong(tmp_path, tokenizer_dir, caplog):
     path = tmp_path / "corpus.jsonl"
-    path.write_text("\n".join([json.dumps({"text": 17}), json.dumps({}), json.dumps({"body": "x"}), json.dumps({"text": GOOD[0]})]) + "\n")
+    path.write_text("\n".join([json.dumps({"text": 17}), json.dumps({}), json.dumps({"body": "x"}),
+                               json.dumps({"text": GOOD[0]})]) + "\n")
     with caplog.at_level(logging.WARNING):
         write_shards([str(path)], tmp_path / "out", str(tokenizer_dir), progress=False)
     assert f"{path}:1: field 'text' holds a int, not a string" in caplog.text

@@ -94,7 +94,8 @@ def test_mi_matches_brute_force_mixture_and_is_chunk_invariant():
 
 def direct_mi(mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> float:
     """The peers' computation: squared differences formed directly, never expanded."""
-    log_q_all = -0.5 * (((z[:, None] - mu[None]) ** 2 * torch.exp(-logvar)[None]).sum(-1) + logvar.sum(-1) + mu.shape[1] * math.log(2 * math.pi))
+    log_q_all = -0.5 * (((z[:, None] - mu[None]) ** 2 * torch.exp(-logvar)[None]).sum(-1) + logvar.sum(-1)
+                        + mu.shape[1] * math.log(2 * math.pi))
     log_q_own = log_normal(z, mu, logvar)
     return float((log_q_own - (torch.logsumexp(log_q_all, 1) - math.log(mu.shape[0]))).mean())
 

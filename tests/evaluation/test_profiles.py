@@ -38,7 +38,8 @@ def stats():
         "recon_nll": fx.recon_nll(f["logits"], f["labels"]).float(),
         "kl": 0.5 * (f["mu"].pow(2) + f["logvar"].exp() - 1 - f["logvar"]).sum(-1),
         "iw_log_px": iw_log_likelihood(
-            f["log_px_z"].double(), log_standard_normal(z.double()), log_normal(z.double(), f["mu"].double()[:, None], f["logvar"].double()[:, None])
+            f["log_px_z"].double(), log_standard_normal(z.double()),
+            log_normal(z.double(), f["mu"].double()[:, None], f["logvar"].double()[:, None])
         ),
         "mean_log_px": f["log_px_z"].mean(1),
         "num_tokens": f["num_tokens"].float(),
@@ -79,7 +80,8 @@ def test_park2021_mi_constant_cancels(stats):
 
     def reference_form(c: float) -> float:  # metrics.py:175-185 with latent_dim = c
         neg_entropy = (-0.5 * c * LOG_2PI - 0.5 * (1 + logvar).sum(-1)).mean()
-        log_density = -0.5 * ((z[:, None] - mu[None]) ** 2 / logvar.exp()[None]).sum(-1) - 0.5 * (c * LOG_2PI + logvar.sum(-1))[None]
+        log_density = (-0.5 * ((z[:, None] - mu[None]) ** 2 / logvar.exp()[None]).sum(-1)
+                       - 0.5 * (c * LOG_2PI + logvar.sum(-1))[None])
         return float(neg_entropy - (torch.logsumexp(log_density, 1) - math.log(256)).mean())
 
     assert reference_form(256) == pytest.approx(reference_form(fx.LATENT_DIM), rel=1e-12)

@@ -55,7 +55,9 @@ def test_generate_arguments_and_a_model_without_tokenizer_get_one_line(tiny_t5_d
     argvs["has no tokenizer files"] = ["generate", "--model", str(model), "--sample", "1"]
     (tmp_path / "cases.json").write_text(json.dumps(argvs))
     driver = Path(__file__).parents[1] / "command_driver.py"
-    completed = subprocess.run([sys.executable, str(driver), str(tmp_path / "cases.json")], capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        [sys.executable, str(driver), str(tmp_path / "cases.json")], capture_output=True, text=True, timeout=300
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads(completed.stdout.splitlines()[-1])
     for message, result in results.items():

@@ -34,7 +34,8 @@ def test_em_recovers_a_known_mixture_and_beats_one_gaussian():
     order = torch.argsort(prior.means[:, 0])  # (-2, 1) first
     assert torch.allclose(prior.means[order], torch.tensor([[-2.0, 1.0], [4.0, 0.0]], dtype=torch.float64), atol=0.05)
     assert torch.allclose(prior.weights[order], torch.tensor([0.75, 0.25], dtype=torch.float64), atol=0.02)
-    assert torch.allclose(prior.log_variances[order].exp().sqrt(), torch.tensor([[0.5, 0.5], [0.3, 0.3]], dtype=torch.float64), atol=0.03)
+    assert torch.allclose(prior.log_variances[order].exp().sqrt(), torch.tensor([[0.5, 0.5], [0.3, 0.3]], dtype=torch.float64),
+                          atol=0.03)
     single = fit_gaussian_mixture(points, 1)
     assert prior.record["mean_log_likelihood"] > single.record["mean_log_likelihood"] + 1.0
     assert float(prior.log_prob(points).mean()) == pytest.approx(prior.record["mean_log_likelihood"], abs=1e-4)

@@ -71,7 +71,8 @@ def test_recon_mean_over_positions_scales_the_kl_weight_by_the_length():
 
 def test_freeze_shared_embedding_adds_the_embedding_group_with_the_decoder():
     assert frozen_groups(["decoder", "latent"], ReferenceCompat()) == {"decoder", "latent"}
-    assert frozen_groups(["decoder", "latent"], ReferenceCompat(freeze_shared_embedding=True)) == {"decoder", "latent", "embeddings"}
+    assert (frozen_groups(["decoder", "latent"], ReferenceCompat(freeze_shared_embedding=True))
+            == {"decoder", "latent", "embeddings"})
     assert frozen_groups(["encoder"], ReferenceCompat(freeze_shared_embedding=True)) == {"encoder"}
 
 

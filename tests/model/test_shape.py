@@ -37,7 +37,8 @@ def test_tiny_t5_parameter_count_matches_the_hand_count(backbone_dirs):
 
 
 def test_gated_flan_t5_xxl_counts_its_untied_lm_head(backbone_dirs):
-    shape = model_shape(AutoConfig.from_pretrained(backbone_dirs["flan-t5-xxl"]), VAEConfig(backbone="x", latent_dim=64, memory_states=4))
+    shape = model_shape(AutoConfig.from_pretrained(backbone_dirs["flan-t5-xxl"]),
+                        VAEConfig(backbone="x", latent_dim=64, memory_states=4))
     d, f, a, v, layers = 4096, 10240, 64 * 64, 32128, 24
     attention, ffn, bias = 4 * d * a, 3 * d * f, 32 * 64  # gated-GELU: wi_0, wi_1, wo
     encoder = layers * (attention + ffn + 2 * d) + bias + d
@@ -53,7 +54,8 @@ def test_gated_flan_t5_xxl_counts_its_untied_lm_head(backbone_dirs):
 
 def test_meta_count_equals_the_built_debug_models(tokenizer_dir):
     for kind in ("t5", "bart"):
-        config = VAEConfig(backbone=f"debug-{kind}", tokenizer=str(tokenizer_dir), latent_dim=16, injection="both", memory_states=2)
+        config = VAEConfig(backbone=f"debug-{kind}", tokenizer=str(tokenizer_dir), latent_dim=16, injection="both",
+                           memory_states=2)
         torch.manual_seed(0)
         built = sum(p.numel() for p in build_vae(config).parameters())
         assert model_shape(backbone_config(config), config).parameters == built

@@ -53,7 +53,8 @@ def test_zero_3_bytes_per_rank(tiny):
                                                 persistence_threshold=80), 2, "bf16")
     assert (both.parameters, both.gradients, both.optimizer_states, both.host) == (0, 0, 0, 18 * HALF)
     # hpZ over 2 GPUs adds a secondary bf16 copy partitioned over the node: 2P/2.
-    hpz = model_state_bytes(tiny, ZeroSetting(stage=3, reduce_bucket_size=64, persistence_threshold=80, hpz_partition_size=2), 2, "bf16")
+    hpz = model_state_bytes(tiny, ZeroSetting(stage=3, reduce_bucket_size=64, persistence_threshold=80,
+                                              hpz_partition_size=2), 2, "bf16")
     assert hpz.buffers == three.buffers + 2 * HALF and hpz.device_total == three.device_total + 2 * HALF
 
 

@@ -73,7 +73,8 @@ def test_two_rank_job_completes(slurm_cluster, stand_in_setup, tmp_path):
     assert "per node: 2 CPUs, OMP_NUM_THREADS=1 per rank" in log
     # Rank 0 in the job log, labelled; each rank's whole output in its own file under the log directory.
     assert "[rank0]:stand-in rank 0 starts at step 0" in log and "stand-in rank 1" not in log
-    rank_logs = {path.parent.name: path.read_text() for path in (tmp_path / "logs").glob(f"*-{job_id}/node-0/*/attempt_0/*/stdout.log")}
+    rank_logs = {path.parent.name: path.read_text()
+                 for path in (tmp_path / "logs").glob(f"*-{job_id}/node-0/*/attempt_0/*/stdout.log")}
     assert sorted(rank_logs) == ["0", "1"], rank_logs
     assert all(f"stand-in rank {rank} starts at step 0" in rank_logs[rank] for rank in rank_logs)
 
@@ -153,7 +154,8 @@ def test_sweep_runs_each_row_and_requeues_only_the_preempted_task(slurm_cluster,
     assert sorted(logs) == ["0.out", "1.out"]
     assert "sweep row 0: stand_in.steps=12 stand_in.tag=first" in logs["0.out"]
     # Tasks that may share a node rendezvous on different ports.
-    ports = {name: next(line for line in log.splitlines() if "rendezvous" in line).rsplit(":", 1)[1] for name, log in logs.items()}
+    ports = {name: next(line for line in log.splitlines() if "rendezvous" in line).rsplit(":", 1)[1]
+             for name, log in logs.items()}
     assert ports["0.out"] != ports["1.out"]
 
 
@@ -177,7 +179,8 @@ def test_job_at_its_time_limit_saves_on_term_requeues_and_resumes(slurm_cluster,
     (job,) = slurm_cluster.wait_until_done(job_id, timeout=360)
     log = the_log(config)
     assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", log + slurm_cluster.explain(job_id)
-    assert "TERM: asking every rank to save and stop" in log and "stopped by TERM (job COMPLETING TimeLimit) after saving; requeueing" in log
+    assert ("TERM: asking every rank to save and stop" in log
+            and "stopped by TERM (job COMPLETING TimeLimit) after saving; requeueing" in log)
     # Both ranks were told (by SLURM's TERM, and the script's USR1 where SLURM still accepted it) and
     # saved the same step; the requeued run started from it and finished.
     stops = events(run_dir, event="signal", restart=0)

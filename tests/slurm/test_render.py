@@ -64,8 +64,9 @@ def test_single_node_cpu_job_asks_for_preemption_handling(tmp_path):
 
 def test_multi_node_gpu_job_runs_one_torchrun_per_node(tmp_path):
     config = write_config(tmp_path, micro=4, global_batch=256)
-    options = JobOptions(nodes=4, gpus_per_node=8, check_partition=False, account="proj", qos="high", constraint="h100", module=STAND_IN,
-                         sbatch_lines=["exclusive", "#SBATCH --mail-type=END", "--gres=nvme:1"], setup_lines=["module load cuda/12.4"])
+    options = JobOptions(nodes=4, gpus_per_node=8, check_partition=False, account="proj", qos="high", constraint="h100",
+                         module=STAND_IN, sbatch_lines=["exclusive", "#SBATCH --mail-type=END", "--gres=nvme:1"],
+                         setup_lines=["module load cuda/12.4"])
     job = render_job("train", config, [], options)
     sbatch = sbatch_options(job.script)
     assert sbatch["nodes"] == "4" and sbatch["gpus-per-node"] == "8" and sbatch["ntasks-per-node"] == "1"
@@ -142,7 +143,8 @@ def test_global_batch_must_divide_by_micro_batch_times_world_size(tmp_path):
 def test_trainer_configs_are_validated_by_the_trainer_loader(tmp_path):
     pytest.importorskip("seq2vae.train.config")
     config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump({"run_dir": "runs/t", "data": {"train": "shards", "micro_batch_size": 4, "global_batch_size": 12}}))
+    config.write_text(yaml.safe_dump({"run_dir": "runs/t",
+                                      "data": {"train": "shards", "micro_batch_size": 4, "global_batch_size": 12}}))
     with pytest.raises(ConfigError, match="data.global_batch_size"):
         render_job("train", config, [], JobOptions(device="cpu", ranks_per_node=2))
     with pytest.raises(ConfigError, match="optim.lrr"):
@@ -176,7 +178,8 @@ def test_cli_render_prints_the_script_and_reports_errors(tmp_path, capsys):
     assert code == 0 and out.startswith("#!/bin/bash\n#SBATCH --job-name=seq2vae-train-demo\n")
     assert "OVERRIDES=(optim.lr=1e-4)" in out and "#SBATCH --exclusive" in out
     assert logs.is_dir()  # sbatch would not create it
-    code = seq2vae_main(["slurm", "render", "--config", str(config), "--device", "cpu", "--gpus-per-node", "1", "--module", STAND_IN])
+    code = seq2vae_main(["slurm", "render", "--config", str(config), "--device", "cpu", "--gpus-per-node", "1",
+                         "--module", STAND_IN])
     captured = capsys.readouterr()
     assert code == 2 and captured.out == ""
     assert "error: --gpus-per-node 1 on a CPU-only job" in captured.err

@@ -113,4 +113,5 @@ def test_the_source_label_names_the_command_line_once():
 
     with pytest.raises(ConfigError) as raised:
         load_config(TrainConfig, CONFIGS / "debug-zero2.yaml", ["seed=1", "optim.lr=0.1", "data.micro_batch_size=x"])
-    assert str(raised.value).count("+ command line") == 1 and "debug-zero2.yaml + command line: key 'data.micro_batch_size'" in str(raised.value)
+    assert (str(raised.value).count("+ command line") == 1
+            and "debug-zero2.yaml + command line: key 'data.micro_batch_size'" in str(raised.value))

@@ -122,7 +122,8 @@ def test_fp16_scheduler_and_unresolvable_auto_are_rejected():
 
 
 def test_unknown_packaged_name_lists_the_choices(tmp_path):
-    with pytest.raises(DeepSpeedConfigError, match="zero1, zero2, zero2_offload, zero3, zero3_hpz, zero3_offload, zero3_offload_optimizer"):
+    with pytest.raises(DeepSpeedConfigError,
+                       match="zero1, zero2, zero2_offload, zero3, zero3_hpz, zero3_offload, zero3_offload_optimizer"):
         load_ds_template("zero4")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

@@ -25,7 +25,8 @@ CONTROLLED = [
 
 def _train(launch, overrides: list[str], run_dir: Path, *extra: str) -> None:
     args = ["train", "--config", str(CONFIGS / "debug-zero2.yaml"), *overrides, f"run_dir={run_dir}", *extra]
-    done = subprocess.run([sys.executable, "-m", "seq2vae", *args], env=launch.env(), capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run([sys.executable, "-m", "seq2vae", *args], env=launch.env(), capture_output=True, text=True,
+                          timeout=600, check=False)
     assert done.returncode == 0, launch.tail(done)
 
 
@@ -38,7 +39,9 @@ def test_beta_follows_the_kl_target_controller_and_resumes_exactly(data_override
     assert [m["train/kl_target"] for m in phase] == [TARGET.target_kl] * 6
     assert phase[0]["train/beta"] == TARGET.start
     for before, after in itertools.pairwise(phase):
-        assert after["train/beta"] == pytest.approx(next_kl_target_beta(before["train/beta"], before["train/kl"], TARGET), abs=1e-12)
+        assert after["train/beta"] == pytest.approx(
+            next_kl_target_beta(before["train/beta"], before["train/kl"], TARGET), abs=1e-12
+        )
     assert len({m["train/beta"] for m in phase}) > 2  # the controller moved beta
 
     _train(launch, overrides, tmp_path / "resumed", "--resume", "never", "stop_at_step=5")
@@ -52,4 +55,5 @@ def test_a_kl_target_without_a_target_is_refused_naming_the_key(data_overrides):
         load_train_config(CONFIGS / "debug-zero2.yaml", [*data_overrides, "run_dir=unused", "phases.1.beta.kind=kl_target"])
     with pytest.raises(ConfigError, match=r"phases\.1\.beta\.value"):
         load_train_config(CONFIGS / "debug-zero2.yaml", [*data_overrides, "run_dir=unused", "phases.1.beta.kind=kl_target",
-                                                         "phases.1.beta.target_kl=3", "phases.1.beta.start=1", "phases.1.beta.value=1"])
+                                                         "phases.1.beta.target_kl=3", "phases.1.beta.start=1",
+                                                         "phases.1.beta.value=1"])

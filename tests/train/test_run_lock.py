@@ -19,7 +19,10 @@ import pytest
 
 from seq2vae.train.run_lock import RunDirectoryInUseError, RunDirectoryLock
 
-HOLD_LOCK = "import sys, time; from seq2vae.train.run_lock import RunDirectoryLock; lock = RunDirectoryLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+HOLD_LOCK = (
+    "import sys, time; from seq2vae.train.run_lock import RunDirectoryLock; "
+    "lock = RunDirectoryLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+)
 
 
 def _hold_in_subprocess(run_dir) -> subprocess.Popen:

@@ -63,7 +63,9 @@ def test_lr_linear_and_constant():
 def test_kl_target_controller_settles_on_the_target_within_its_bounds():
     schedule = BetaSchedule(kind="kl_target", target_kl=20.0, start=0.0, value=2.0, gain=0.05)
     # A stand-in for training's response: more weight on the KL, less KL (50 nats at beta 0).
-    achieved = lambda beta: 50.0 / (1.0 + 5.0 * beta)
+    def achieved(beta: float) -> float:
+        return 50.0 / (1.0 + 5.0 * beta)
+
     beta, history = schedule.start, []
     for _ in range(400):
         beta = next_kl_target_beta(beta, achieved(beta), schedule)

@@ -19,7 +19,8 @@ def _train(launch, *args: str) -> subprocess.CompletedProcess:
 
 
 def _tree(directory) -> dict:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()} if directory.exists() else {}
+    return ({str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+            if directory.exists() else {})
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,9 @@ def bad_inputs(tmp_path_factory, tokenizer_dir):
     return {
         "unknown DeepSpeed preset": (["deepspeed=zero9"], ["key 'deepspeed'", "zero9", "zero2"], None),
         "global batch not divisible": (["data.global_batch_size=12"], ["data.global_batch_size", "8 x 1"], None),
-        "tokenizer mismatch": ([f"model.tokenizer={other_tokenizer}"], ["were tokenised with", "training config's tokenizer"], None),
+        "tokenizer mismatch": (
+            [f"model.tokenizer={other_tokenizer}"], ["were tokenised with", "training config's tokenizer"], None
+        ),
         "missing meta.json": ([f"data.train={root / 'not-shards'}"], ["meta.json not found"], None),
         "missing latest target": (["resume=auto"], ["latest", "step_00000007", "does not exist"], dangling),
         "missing tokenizer": ([f"model.tokenizer={root / 'nowhere'}"], ["model.tokenizer", "does not exist"], None),
