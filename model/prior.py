@@ -127,7 +127,9 @@ def fit_gaussian_mixture(
     log_variances = torch.log(points.var(0, unbiased=False) + min_variance).expand_as(means).clone()
     weights = torch.full((num_components,), 1.0 / num_components, dtype=torch.float64)
     previous = -math.inf
-    for _iteration in range(iterations):
+    iterations_run = 0  # EM iterations begun, the converged one included
+    for _ in range(iterations):
+        iterations_run += 1
         prior = GaussianMixturePrior(weights, means, log_variances)
         joint = prior.component_log_prob(points)  # [N,C]
         log_likelihood = torch.logsumexp(joint, dim=1)
@@ -142,5 +144,5 @@ def fit_gaussian_mixture(
         variances = responsibility.T @ points.pow(2) / counts[:, None] - means.pow(2)
         log_variances = torch.log(variances.clamp_min(0.0) + min_variance)
     record = {"kind": "gaussian_mixture", "num_components": num_components, "num_points": num_points,
-              "iterations": _iteration + 1, "mean_log_likelihood": previous}
+              "iterations": iterations_run, "mean_log_likelihood": previous}
     return GaussianMixturePrior(weights, means, log_variances, record)
