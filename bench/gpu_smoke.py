@@ -54,11 +54,12 @@ GIB = 2**30
 def prepare(out: Path, dry_run: bool) -> dict:
     """Tokenizer, shards and a saved random backbone under OUT/inputs (reused when present)."""
     import torch
-    from transformers import AutoModelForSeq2SeqLM, T5Config
+    from transformers import T5Config
 
     from seq2vae.data.shards import write_shards
     from seq2vae.data.synthetic import generate_corpus, write_jsonl
     from seq2vae.data.tokenizer import train_tokenizer
+    from seq2vae.model.backbone import backbone_from_config
 
     inputs = out / "inputs"
     tokenizer_dir, shard_dir = inputs / "tokenizer", inputs / "shards"
@@ -78,8 +79,11 @@ def prepare(out: Path, dry_run: bool) -> dict:
                           decoder_start_token_id=tokenizer.pad_token_id)
         torch.manual_seed(0)
         # Random init of 780M parameters takes seconds on a GPU, minutes on one CPU core.
+        # Flan-T5's head is untied: built so (transformers 5 would tie it), and saved with its own values,
+        # which the build-time check of the runs requires of an untied checkpoint.
         with torch.device("cuda" if torch.cuda.is_available() and not dry_run else "cpu"):
-            model = AutoModelForSeq2SeqLM.from_config(config)
+            model = backbone_from_config(config, untied=True)
+        assert not torch.equal(model.lm_head.weight, model.shared.weight)
         model.save_pretrained(model_dir)
         del model
         torch.cuda.empty_cache()  # the runs are other processes: leave them the whole device

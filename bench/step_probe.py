@@ -231,11 +231,11 @@ class StepProbe:
             return validate
 
         def make_save(original):
-            def save():
+            def save(*args, **kwargs):  # the trainer's own arguments (e.g. asynchronous=) pass through
                 if self._current is not None:
                     self._current["saved"] = True
                 started = time.perf_counter()
-                path = original()
+                path = original(*args, **kwargs)
                 self.save_s.append(time.perf_counter() - started)
                 return path
 
