@@ -114,14 +114,15 @@ def test_training_at_its_time_limit_saves_on_term_requeues_and_matches_an_uninte
     slurm_cluster, write_train_config, tmp_path
 ):
     # One-minute runs with no warning signal: each run trains until SLURM's TERM at the limit, saves
-    # within KillWait, requeues itself and the next resumes; more steps than one minute holds.
-    steps = 300
+    # within KillWait, requeues itself and the next resumes; more steps than one minute holds. (An idle
+    # 2-core machine trains about 12 steps/s here: 300 steps finished inside the first minute.)
+    steps = 1000
     limited, reference = tmp_path / "limited", tmp_path / "reference"
     limited.mkdir()
     reference.mkdir()
     config = write_train_config(limited, steps=steps, checkpoint_every=1000)
-    job_id = submit(slurm_cluster, config, "--cpus-per-task", "2", "--time", "1", "--signal-seconds", "0", "--max-restarts", "6")
-    (job,) = slurm_cluster.wait_until_done(job_id, timeout=900)
+    job_id = submit(slurm_cluster, config, "--cpus-per-task", "2", "--time", "1", "--signal-seconds", "0", "--max-restarts", "12")
+    (job,) = slurm_cluster.wait_until_done(job_id, timeout=1800)
     (log,) = (limited / "logs").glob("*.out")
     text = log.read_text()
     restarts = int(job["Restarts"])
