@@ -10,6 +10,7 @@ Each field documents itself with `help=` metadata (see `doc`), which `describe` 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import types
 import typing
@@ -336,7 +337,6 @@ def add_flags(parser: Any, cls: type, flag_names: dict[str, str] | None = None) 
     """One argparse flag per field of the dataclass `cls` (`--field-name`, or `flag_names[field]`), its
     help from the field's `doc`, its default the field's; `from_flags` builds `cls` back from the parsed
     arguments, so the dataclass stays the single source of truth for a command's options."""
-    import argparse
 
     hints = _type_hints(cls)
     for field in dataclasses.fields(cls):

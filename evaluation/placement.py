@@ -19,6 +19,7 @@ from typing import Literal
 
 import torch
 
+from ..checkpoint.initial_weights import writable
 from ..distributed import model_construction, parameter_reader
 from ..model.backbone import pretrained_backbone
 from ..model.invariants import check_model
@@ -109,10 +110,9 @@ def load_zero3(model_dir: str | Path):
     unknown = sorted(name for name in heads if name not in parameters)
     if unknown:
         raise ValueError(f"{model_dir / HEADS_FILE}: tensors {unknown} match no parameter of the model")
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     for name in sorted(heads):
-        with deepspeed.zero.GatheredParameters([parameters[name]], modifier_rank=0):
-            if rank == 0:
+        with writable([parameters[name]], zero3=True) as this_rank_writes:
+            if this_rank_writes:
                 parameters[name].data.copy_(heads[name].to(parameters[name].dtype))
     engine, _, _, _ = deepspeed.initialize(model=vae, config=ds_config)
     engine.eval()
