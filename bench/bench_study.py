@@ -70,7 +70,7 @@ def study_arguments(description: str, output: str, eval_args: str) -> argparse.N
 
 
 def main() -> int:
-    args = study_arguments(__doc__, "runs/paper-small", "--iw-samples 10 --max-sentences 300 --prior-samples 3")
+    args = study_arguments(__doc__, "runs/paper-small", "--iw-samples 10 --max-sentences 1000 --prior-samples 100")
     output = Path(args.output).resolve()
     shards, tokenizer = prepare_study_data(output, args.sentences)
     return run_study(PAPER_CONFIGS / "small-grid.tsv", output, shards, tokenizer, args, [], print_table)

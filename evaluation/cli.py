@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import yaml
 
 from ..checkpoint.export import export_run
 from ..checkpoint.saving import latest_checkpoint
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         model_dir, model_kind = _model_directory(Path(args.model))
     except (FileNotFoundError, ValueError) as error:
         raise _as_user_error(error) from error
+    if config.free_bits is None and model_kind.startswith("run export"):
+        config.free_bits = _trained_free_bits(Path(args.model))
     with process_group(args.device) as device:
         rank = dist.get_rank() if dist.is_initialized() else 0
         level = logging.INFO if rank == 0 else logging.WARNING
@@ -199,6 +202,15 @@ def _model_directory(path: Path) -> tuple[Path, str]:
                              f"{json.loads(failed.read_text())['error']}")
         time.sleep(EXPORT_POLL_S)
     return target, f"run export {checkpoint.name}"
+
+
+def _trained_free_bits(run_dir: Path) -> float | None:
+    """The last phase's per-dimension free-bits threshold of a run directory (None: none, or per sentence),
+    so the floor occupancy of a run is reported without the user restating its config."""
+    phases = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("phases") or [{}]
+    last = phases[-1]
+    threshold = last.get("free_bits") or 0.0
+    return float(threshold) if threshold > 0 and last.get("free_bits_mode", "dimension") == "dimension" else None
 
 
 def _text_interface(model_dir: Path):
