@@ -57,9 +57,14 @@ def prepare_study_data(output: Path, sentences: int) -> tuple[Path, Path]:
     return prepare_shards(output, corpus, tokenizer, valid_fraction=0.05, seed=0), tokenizer
 
 
-def study_arguments(description: str, output: str, eval_args: str) -> argparse.Namespace:
-    """The command line every CPU-study script takes (--output, --sentences, --eval-args, overrides); logs INFO."""
+def study_arguments(description: str, output: str, eval_args: str, extra=None) -> argparse.Namespace:
+    """The command line every CPU-study script takes (--output, --sentences, --eval-args, overrides); logs INFO.
+
+    `extra(parser)` adds a script's own options.
+    """
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--output", default=output, help="corpus, shards, runs and report")
     parser.add_argument("--sentences", type=int, default=20_000)
     parser.add_argument("--eval-args", default=eval_args)
