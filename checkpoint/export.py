@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..model import Seq2SeqVAE, build_vae
 from ..model.build import backbone_config
 from ..model.invariants import check_model, refuse_fp16
-from .saving import latest_checkpoint, run_model_config
+from .saving import named_checkpoint, run_model_config
 
 
 class ExportError(UserError, ValueError):
@@ -87,7 +87,8 @@ def export_run(
     Args:
         run_dir: a training run directory (config.yaml, checkpoints/).
         output_dir: where to write the model directory.
-        checkpoint: a tag such as "step_00001000" under run_dir/checkpoints; None = the latest.
+        checkpoint: a tag such as "step_00001000" under run_dir/checkpoints, or "latest" / "best" (the
+            checkpoint that pointer file names); None = the latest.
         dtype: "fp32", "bf16" or "fp16": the dtype of every floating-point tensor written.
         max_shard_size: largest backbone safetensors file ("5GB", "200MB" or bytes).
     Returns:
@@ -102,16 +103,7 @@ def export_run(
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a training run directory: config.yaml is missing")
     model_config = run_model_config(run_dir)
-    checkpoints_dir = run_dir / "checkpoints"
-    if checkpoint is None:
-        path = latest_checkpoint(checkpoints_dir)
-        if path is None:
-            raise FileNotFoundError(f"{checkpoints_dir} has no complete checkpoint (no 'latest' file)")
-    else:
-        path = checkpoints_dir / checkpoint
-        if not path.is_dir():
-            available = ", ".join(sorted(p.name for p in checkpoints_dir.glob("step_*"))) or "none"
-            raise FileNotFoundError(f"checkpoint {checkpoint!r} not found in {checkpoints_dir}; available: {available}")
+    path = named_checkpoint(run_dir / "checkpoints", checkpoint or "latest")
     # Before consolidating: fp16 T5 would be written, then give inf/NaN wherever it is loaded.
     refuse_fp16(backbone_config(model_config).model_type, DTYPES[dtype], f"seq2vae export --dtype {dtype}")
     state_dict = consolidate(path, DTYPES[dtype])
@@ -129,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("run_dir", help="training run directory")
     parser.add_argument("--output", help="output directory (default: RUN_DIR/export/<checkpoint>)")
-    parser.add_argument("--checkpoint", help="checkpoint tag, e.g. step_00001000 (default: the latest)")
+    parser.add_argument(
+        "--checkpoint", default="latest",
+        help="latest, best (the best-validation checkpoint of a checkpoint.keep_best run) or a tag such as "
+        "step_00001000 (default: %(default)s)",
+    )
     parser.add_argument(
         "--dtype", choices=list(DTYPES), default="fp32", help="dtype of the written weights (default: %(default)s)"
     )
@@ -138,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        tag = args.checkpoint or (latest_checkpoint(Path(args.run_dir) / "checkpoints") or Path("latest")).name
+        tag = named_checkpoint(Path(args.run_dir) / "checkpoints", args.checkpoint).name
         output = Path(args.output) if args.output else Path(args.run_dir) / "export" / tag
         written = export_run(args.run_dir, output, args.checkpoint, args.dtype, args.max_shard_size)
     except (FileNotFoundError, ValueError) as error:

@@ -2,9 +2,11 @@
 
 DIR is either a model directory (`seq2vae export` / `save_pretrained` output: vae_config.json,
 backbone/*.safetensors, vae_heads.safetensors) or a training run directory (config.yaml and
-checkpoints/latest). `resolve_init_from` validates it before any model is built; `load_init_weights`
-then assigns every parameter through `initial_weights.copy_parameters`, which under ZeRO-3 gathers one
-parameter at a time and lets rank 0 write it, so only rank 0 ever reads weights:
+checkpoints/latest): its best-validation checkpoint when it kept one (checkpoints/best,
+`checkpoint.keep_best`, as the reference's phase 2 starts from its phase 1's best), else its latest.
+`resolve_init_from` validates it before any model is built; `load_init_weights` then assigns every
+parameter through `initial_weights.copy_parameters`, which under ZeRO-3 gathers one parameter at a
+time and lets rank 0 write it, so only rank 0 ever reads weights:
 
 - from a model directory tensor by tensor (safetensors `safe_open`: one tensor in memory at a time);
 - from a run directory through the fp32 consolidation of its checkpoint (`consolidate.py`: files
@@ -26,7 +28,7 @@ from ..model import Seq2SeqVAE, VAEConfig
 from ..model.vae import CONFIG_FILE, refuse_pickled_weights
 from .consolidate import consolidate
 from .initial_weights import copy_parameters
-from .saving import latest_checkpoint, run_model_config
+from .saving import best_checkpoint, latest_checkpoint, run_model_config
 
 # Settings that change the VAE's parameters: a source must agree on all of them with the config.
 ARCHITECTURE_KEYS = ("backbone", "latent_dim", "pooling", "injection", "memory_states")
@@ -37,15 +39,15 @@ KEY = "model.init_from"
 class InitSource:
     kind: Literal["model", "run"]
     path: Path  # the model directory, or the run's checkpoint directory (checkpoints/step_X)
-    description: str
+    description: str  # logged when the weights are copied: says which checkpoint (best or latest) of a run
 
 
 def _error(directory: Path, message: str) -> ConfigError:
     return ConfigError(f"key '{KEY}': {directory}: {message}")
 
 
-def _source_settings(directory: Path) -> tuple[Literal["model", "run"], dict, Path]:
-    """(kind, the source's model settings, the path to read weights from)."""
+def _source_settings(directory: Path) -> tuple[Literal["model", "run"], dict, Path, str]:
+    """(kind, the source's model settings, the path to read weights from, which checkpoint of a run it is)."""
     if (directory / CONFIG_FILE).is_file():
         try:
             record = json.loads((directory / CONFIG_FILE).read_text())
@@ -58,13 +60,18 @@ def _source_settings(directory: Path) -> tuple[Literal["model", "run"], dict, Pa
             raise _error(directory, str(error)) from None
         if not list((directory / "backbone").glob("*.safetensors")) or not (directory / "vae_heads.safetensors").is_file():
             raise _error(directory, "a model directory needs backbone/*.safetensors and vae_heads.safetensors")
-        return "model", settings, directory
+        return "model", settings, directory, ""
     if (directory / "config.yaml").is_file() and (directory / "checkpoints").is_dir():
-        checkpoint = latest_checkpoint(directory / "checkpoints")
+        try:
+            checkpoint, which = best_checkpoint(directory / "checkpoints"), "best"
+            if checkpoint is None:
+                checkpoint, which = latest_checkpoint(directory / "checkpoints"), "latest"
+        except FileNotFoundError as error:  # a pointer naming a checkpoint that is gone
+            raise _error(directory, str(error)) from None
         if checkpoint is None:
             raise _error(directory, "the run has no complete checkpoint (no checkpoints/latest)")
         settings = run_model_config(directory).to_dict()
-        return "run", settings, checkpoint
+        return "run", settings, checkpoint, which
     raise _error(
         directory,
         "neither a model directory (no vae_config.json) nor a training run directory (no config.yaml + checkpoints/)",
@@ -77,7 +84,7 @@ def resolve_init_from(model: VAEConfig) -> InitSource:
     directory = Path(model.init_from)
     if not directory.is_dir():
         raise _error(directory, "no such directory")
-    kind, settings, path = _source_settings(directory)
+    kind, settings, path, which = _source_settings(directory)
     for key in ARCHITECTURE_KEYS:
         theirs, ours = settings.get(key), getattr(model, key)
         if theirs != ours:
@@ -86,7 +93,7 @@ def resolve_init_from(model: VAEConfig) -> InitSource:
                 f"its model.{key} is {theirs!r} but this config has model.{key}={ours!r}; "
                 f"set model.{key}={theirs} to start from it",
             )
-    description = f"{KEY}={directory}" + (f" ({path.name})" if kind == "run" else "")
+    description = f"{KEY}={directory}" + (f" ({which} checkpoint {path.name})" if kind == "run" else "")
     return InitSource(kind, path, description)
 
 

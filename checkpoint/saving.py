@@ -1,7 +1,9 @@
 """Checkpoints: DeepSpeed shards per rank, our training state in `client_state`, an atomic `latest`.
 
 Layout: RUN_DIR/checkpoints/step_XXXXXXXX/ (DeepSpeed's files plus `manifest.json`) and
-RUN_DIR/checkpoints/latest, a text file naming the newest complete checkpoint. A save is: every rank
+RUN_DIR/checkpoints/latest, a text file naming the newest complete checkpoint; with
+`checkpoint.keep_best`, RUN_DIR/checkpoints/best names the checkpoint of the best validation so far
+(written the same way, only after that checkpoint is sealed, and never pruned by `keep_last`). A save is: every rank
 writes its shard; every rank fsyncs and checksums its files; rank 0 writes the manifest (sizes and
 CRC-32s) atomically; only then rank 0 moves `latest` (temporary file, fsync, rename, fsync of the
 directory). A crash or power loss at any point leaves `latest` on a complete checkpoint.
@@ -33,6 +35,8 @@ from .durability import DamagedCheckpointError, atomic_write_text, checkpoint_pr
 from .reshard import check_reshardable, restore_zero3_groups, saved_world_size, universal_checkpoint
 
 LATEST_FILE = "latest"
+BEST_FILE = "best"  # the best-validation checkpoint (checkpoint.keep_best)
+POINTERS = (LATEST_FILE, BEST_FILE)
 # The last save's duration, from which `seq2vae slurm render` derives the warning lead before the time
 # limit (seq2vae.slurm.signal_lead reads it).
 SAVE_TIMING_FILE = "save_timing.json"
@@ -45,15 +49,48 @@ def checkpoint_tag(step: int) -> str:
     return f"{TAG_PREFIX}{step:08d}"
 
 
-def latest_checkpoint(checkpoints_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint directory, or None when there is none."""
-    pointer = Path(checkpoints_dir) / LATEST_FILE
+def pointed_checkpoint(checkpoints_dir: str | Path, name: str) -> Path | None:
+    """The checkpoint the pointer file `name` ('latest' or 'best') names, or None when there is no such file."""
+    pointer = Path(checkpoints_dir) / name
     if not pointer.is_file():
         return None
     path = Path(checkpoints_dir) / pointer.read_text().strip()
     if not path.is_dir():
         raise FileNotFoundError(f"{pointer} names {path.name!r}, which does not exist")
     return path
+
+
+def latest_checkpoint(checkpoints_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint directory, or None when there is none."""
+    return pointed_checkpoint(checkpoints_dir, LATEST_FILE)
+
+
+def best_checkpoint(checkpoints_dir: str | Path) -> Path | None:
+    """The best-validation checkpoint (`checkpoint.keep_best`), or None when the run kept none."""
+    return pointed_checkpoint(checkpoints_dir, BEST_FILE)
+
+
+def named_checkpoint(checkpoints_dir: str | Path, name: str) -> Path:
+    """'latest', 'best' or a tag such as 'step_00001000' -> that checkpoint directory.
+
+    Raises FileNotFoundError naming what is missing and what is there.
+    """
+    checkpoints_dir = Path(checkpoints_dir)
+    path = pointed_checkpoint(checkpoints_dir, name) if name in POINTERS else checkpoints_dir / name
+    if path is None or not path.is_dir():
+        available = ", ".join(sorted(p.name for p in checkpoints_dir.glob(f"{TAG_PREFIX}*"))) or "none"
+        what = f"no checkpoints/{name} file" if name in POINTERS else f"checkpoint {name!r} not found"
+        raise FileNotFoundError(f"{checkpoints_dir}: {what}; available: {available}")
+    return path
+
+
+def set_best_pointer(checkpoints_dir: Path, tag: str | None) -> None:
+    """Points `best` at checkpoint `tag` (atomically), or removes it for None (rank 0 only)."""
+    pointer = Path(checkpoints_dir) / BEST_FILE
+    if tag is None:
+        pointer.unlink(missing_ok=True)
+    elif not pointer.is_file() or pointer.read_text().strip() != tag:
+        atomic_write_text(pointer, tag + "\n")
 
 
 def run_model_config(run_dir: Path) -> VAEConfig:
@@ -174,9 +211,12 @@ def restore_rng(state: dict[str, Any], noise_generator: torch.Generator, device:
 
 
 def _prune(checkpoints_dir: Path, keep_last: int, keep: Path) -> None:
+    """Deletes all but the `keep_last` newest checkpoints, never `keep` nor the one `best` names."""
+    best = checkpoints_dir / BEST_FILE
+    protected = {keep, checkpoints_dir / best.read_text().strip()} if best.is_file() else {keep}
     tags = sorted(p for p in checkpoints_dir.glob(f"{TAG_PREFIX}*") if p.is_dir())
     for path in tags[:-keep_last]:
-        if path != keep:
+        if path not in protected:
             shutil.rmtree(path)
 
 
@@ -188,6 +228,7 @@ class PendingCheckpoint:
     step: int
     started: float  # time.perf_counter() when the save began
     step_seconds: float
+    best: bool = False  # name it `best` too once sealed (its validation improved on the best so far)
 
 
 def save_checkpoint(
@@ -199,17 +240,19 @@ def save_checkpoint(
     keep_last: int,
     world: World,
     step_seconds: float = 0.0,
+    best: bool = False,
 ) -> Path:
     """Saves on ALL ranks (a collective). `rank_state` is gathered so each rank can restore its own.
 
     Args:
-        shared_state: identical on every rank (step, phase, skip counters).
+        shared_state: identical on every rank (step, phase, skip counters, best validation so far).
         rank_state: this rank's data-loader position and RNG states.
         step_seconds: the last optimizer step's time, recorded with the save's own (SAVE_TIMING_FILE).
+        best: also name it `best` (after `latest`, once sealed).
     Returns:
         the checkpoint directory, complete and named by `latest`.
     """
-    pending = start_checkpoint(engine, checkpoints_dir, step, shared_state, rank_state, world, step_seconds)
+    pending = start_checkpoint(engine, checkpoints_dir, step, shared_state, rank_state, world, step_seconds, best)
     return finish_checkpoint(engine, pending, checkpoints_dir, keep_last, world)
 
 
@@ -221,6 +264,7 @@ def start_checkpoint(
     rank_state: dict[str, Any],
     world: World,
     step_seconds: float = 0.0,
+    best: bool = False,
 ) -> PendingCheckpoint:
     """Hands every rank's files to the engine's checkpoint engine (ALL ranks). With a
     BackgroundCheckpointEngine they are still being written on return; `finish_checkpoint` completes them."""
@@ -234,11 +278,11 @@ def start_checkpoint(
         shutil.rmtree(path)
     barrier()
     engine.save_checkpoint(str(checkpoints_dir), tag=tag, client_state=client_state, save_latest=False)
-    return PendingCheckpoint(path, step, started, step_seconds)
+    return PendingCheckpoint(path, step, started, step_seconds, best)
 
 
 def finish_checkpoint(engine, pending: PendingCheckpoint, checkpoints_dir: Path, keep_last: int, world: World) -> Path:
-    """Waits for this rank's writes, seals the checkpoint, then moves `latest` to it (ALL ranks)."""
+    """Waits for this rank's writes, seals the checkpoint, then moves `latest` (and `best`) to it (ALL ranks)."""
     wait = getattr(engine.checkpoint_engine, "wait", None)
     if wait is not None:
         wait()
@@ -246,6 +290,8 @@ def finish_checkpoint(engine, pending: PendingCheckpoint, checkpoints_dir: Path,
     seal_checkpoint(pending.path, world.rank, world.size)  # fsync + manifest: the checkpoint is now complete
     if world.is_main:
         atomic_write_text(checkpoints_dir / LATEST_FILE, pending.path.name + "\n")
+        if pending.best:  # before pruning, which protects what `best` names
+            set_best_pointer(checkpoints_dir, pending.path.name)
         # Rank 0 waited for every rank at each barrier: its wall time is the slowest rank's save (for an
         # asynchronous save, an upper bound: it includes the steps trained while the files were written).
         timing = {

@@ -28,7 +28,7 @@ import torch.distributed as dist
 import yaml
 
 from ..checkpoint.export import export_run
-from ..checkpoint.saving import latest_checkpoint
+from ..checkpoint.saving import named_checkpoint
 from ..config import add_flags, from_flags
 from ..distributed import gather_objects, process_group
 from ..errors import UserError
@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="seq2vae eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", help="save_pretrained directory or training run directory")
+    parser.add_argument(
+        "--checkpoint", default="latest",
+        help="which checkpoint of a run directory --model: latest, best (checkpoint.keep_best) or a tag such as "
+        "step_00001000 (default: %(default)s)",
+    )
     parser.add_argument("--data", help="shard directory, or .txt / .jsonl file (optionally .gz)")
     parser.add_argument("--split", default="valid", help="shard split to evaluate (default: valid)")
     add_flags(parser, EvalConfig, _FLAG_NAMES)  # every EvalConfig field is a flag
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         raise EvalInputError("--model and --data are required (or --compare a.json b.json ...)")
     config = from_flags(EvalConfig, args)
     try:  # before any collective: rank 0 exports a run directory while the others wait on the filesystem
-        model_dir, model_kind = _model_directory(Path(args.model))
+        model_dir, model_kind = _model_directory(Path(args.model), args.checkpoint)
     except (FileNotFoundError, ValueError) as error:
         raise _as_user_error(error) from error
     if config.free_bits is None and model_kind.startswith("run export"):
@@ -160,10 +165,10 @@ def _describe_skips(info: dict) -> str:
     return f"{info.get('lines_read', 0)} lines read" + (f"; skipped: {skipped}" if skipped else "")
 
 
-def _model_directory(path: Path) -> tuple[Path, str]:
+def _model_directory(path: Path, which: str = "latest") -> tuple[Path, str]:
     """(save_pretrained directory, "pretrained" | "run export <tag>") for --model.
 
-    A run directory's latest checkpoint is exported once, by rank 0, to RUN_DIR/export/<tag> (where
+    A run directory's checkpoint `which` (latest, best or a tag) is exported once, by rank 0, to RUN_DIR/export/<tag> (where
     `seq2vae export` writes too; the run directory is on storage every rank shares): into a staging
     folder renamed when complete. The other ranks wait for it on the filesystem, not in a collective,
     so a long export cannot trip a process-group timeout; an export that fails on rank 0 leaves a
@@ -177,9 +182,10 @@ def _model_directory(path: Path) -> tuple[Path, str]:
             "(no config.yaml + checkpoints/)"
         )
 
-    checkpoint = latest_checkpoint(path / "checkpoints")
-    if checkpoint is None:
-        raise FileNotFoundError(f"--model {path}: the run has no complete checkpoint yet")
+    try:
+        checkpoint = named_checkpoint(path / "checkpoints", which)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"--model {path} --checkpoint {which}: {error}") from None
     target = path / "export" / checkpoint.name
     failed = target.with_name(f".{target.name}.failed")
     job = os.environ.get("TORCHELASTIC_RUN_ID", "none")

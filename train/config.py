@@ -18,6 +18,12 @@ from ..model.config import VAEConfig
 
 # The names `Seq2SeqVAE.parameter_groups()` returns; a phase freezes any subset of them.
 PARAMETER_GROUP_NAMES = ("embeddings", "encoder", "decoder", "posterior", "latent")
+# Validation scalars (eval/<name> in validation.jsonl) that checkpoint.best_metric may rank by, and
+# which way is better.
+BEST_METRICS = {
+    "recon_nll": "min", "neg_elbo": "min", "iw_nll": "min", "ppl_elbo_per_token": "min", "ppl_iw_per_token": "min",
+    "mi_dataset": "max", "mi_mini_batch": "max", "active_units": "max",
+}
 
 
 @dataclass
@@ -114,6 +120,17 @@ class CheckpointConfig:
     )
     seal_after_steps: int = doc(
         1, "asynchronous checkpoints: steps trained before a save is waited for, sealed (manifest) and named latest"
+    )
+    keep_best: bool = doc(
+        False,
+        "keep the checkpoint of the best validation so far: a validation that improves on it saves that step "
+        "(unless it is saved anyway) and names it in checkpoints/best, which keep_last never prunes; "
+        "model.init_from=RUN_DIR then starts from it. The reference keeps its phase 1's best (configs/paper/grid.tsv)",
+    )
+    best_metric: str = doc(
+        "recon_nll",
+        "the validation scalar keep_best ranks by: recon_nll (the reference's val_recon_loss), neg_elbo, iw_nll, "
+        "ppl_elbo_per_token, ppl_iw_per_token (lower is better), mi_dataset, mi_mini_batch, active_units (higher)",
     )
 
 
@@ -246,6 +263,8 @@ def validate_train_config(config: TrainConfig) -> TrainConfig:
     _require(config.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be > 0")
     _require(config.checkpoint.keep_last >= 2, "checkpoint.keep_last", "must be >= 2 (a fallback when the newest is damaged)")
     _require(config.checkpoint.seal_after_steps >= 1, "checkpoint.seal_after_steps", "must be >= 1")
+    _require(config.checkpoint.best_metric in BEST_METRICS, "checkpoint.best_metric",
+             f"{config.checkpoint.best_metric!r} is not a validation metric; valid: {', '.join(BEST_METRICS)}")
     _require(config.logging.every_steps > 0, "logging.every_steps", "must be > 0")
     _require(config.logging.histogram_every >= 0, "logging.histogram_every", "must be >= 0")
     _require(config.validation.every_steps >= 0, "validation.every_steps", "must be >= 0")
@@ -279,6 +298,7 @@ def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str,
 
 
 __all__ = [
+    "BEST_METRICS",
     "BetaSchedule",
     "CheckpointConfig",
     "DataConfig",

@@ -75,6 +75,8 @@ def build_engine(config: TrainConfig, world: World, ds_config_path: Path | None 
         initialise(vae, config.seed, stage == 3, reference)
     else:
         load_init_weights(vae, init_source, stage == 3)
+        if world.is_main:  # which checkpoint of a run directory: its best-validation one, or its latest
+            print(f"initial weights from {init_source.description}", flush=True)
     del reference
     groups = vae.parameter_groups()
     engine, _, _, _ = deepspeed.initialize(

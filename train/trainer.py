@@ -10,6 +10,7 @@ Every rank runs the same sequence of collectives: the decisions that could diffe
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import random
 import resource
@@ -30,6 +31,7 @@ from ..checkpoint.saving import (
     resolve_resume,
     restore_rng,
     save_checkpoint,
+    set_best_pointer,
     start_checkpoint,
 )
 from ..config import save_config
@@ -41,7 +43,7 @@ from ..evaluation import active_units, validate
 from ..model.invariants import check_gradients
 from ..model.objective import vae_loss
 from ..model.reference_compat import frozen_groups
-from .config import PhaseConfig, TrainConfig, gradient_accumulation_steps, validate_train_config
+from .config import BEST_METRICS, PhaseConfig, TrainConfig, gradient_accumulation_steps, validate_train_config
 from .engine import build_engine, has_gradient, set_learning_rate
 from .failures import agree_on_user_error
 from .freezing import set_frozen
@@ -157,7 +159,13 @@ class Trainer:
         self.skips = SkipCounter(config.optim.max_consecutive_skips)
         # kind kl_target: beta is controller state, kept in checkpoints (set when a phase starts or on resume).
         self.kl_target_beta: float | None = None
+        # checkpoint.keep_best: {"metric", "value", "step"} of the best validation so far (trainer state,
+        # saved with every checkpoint, so a resumed run ranks later validations against the same best).
+        self.best: dict[str, Any] | None = None
+        self._best_note: str | None = None  # logged once the monitor exists
         loader_state = self._resume()
+        if self.world.is_main:
+            self._point_best_at_resumed_state()
         self.loader = build_loader(
             config.data.train,
             "train",
@@ -191,6 +199,9 @@ class Trainer:
         self.step = shared["step"]
         self.skips.consecutive, self.skips.total = shared["consecutive_skips"], shared["total_skips"]
         self.kl_target_beta = shared.get("kl_target_beta")
+        saved_best = shared.get("best")  # None in checkpoints of runs without keep_best (or before it existed)
+        if saved_best is not None and saved_best["metric"] == self.config.checkpoint.best_metric:
+            self.best = saved_best
         if "rng" in mine:
             restore_rng(mine["rng"], self.noise_generator, self.world.device)
         else:  # resumed on another world size: fresh per-rank streams, distinct from those of step 0
@@ -198,14 +209,26 @@ class Trainer:
             _seed_everything(seed)
             self.noise_generator.manual_seed(seed)
         if self.world.is_main:
-            print(f"resumed from {path} at step {self.step}", flush=True)
+            best = f"; best {self.best['metric']} {self.best['value']:.4f} at step {self.best['step']}" if self.best else ""
+            print(f"resumed from {path} at step {self.step}{best}", flush=True)
         return mine["data"]
 
-    def save(self, asynchronous: bool = False) -> Path:
+    def _point_best_at_resumed_state(self) -> None:
+        """Makes checkpoints/best agree with the restored best (rank 0): after a fallback past a damaged
+        checkpoint, an explicit older --resume or --resume never, the file may name a checkpoint of a
+        future this run no longer has."""
+        tag = checkpoint_tag(self.best["step"]) if self.config.checkpoint.keep_best and self.best else None
+        if tag is not None and not (self.checkpoints_dir / tag).is_dir():
+            self._best_note = f"checkpoints/best: {tag} (best validation so far) no longer exists; none is named best"
+            tag = None
+        set_best_pointer(self.checkpoints_dir, tag)
+
+    def save(self, asynchronous: bool = False, best: bool = False) -> Path:
         """Checkpoint of the current step on all ranks (weights, optimizer, data position, RNG).
 
         `asynchronous`: returns while the files are still being written; `finish_pending_save` (called
         `checkpoint.seal_after_steps` steps later, or by the next save) completes it and moves `latest`.
+        `best`: this step's validation is the best so far; `best` moves to it once it is sealed.
         """
         self.finish_pending_save()
         phase_index, step_in_phase = phase_at(self.config.phases, self.step) if self.step < self.config.total_steps else (
@@ -219,16 +242,17 @@ class Trainer:
             "total_skips": self.skips.total,
             # The controller's beta, when the next step continues the phase that set it.
             "kl_target_beta": self.kl_target_beta if phase_index == self._phase_index else None,
+            "best": self.best,
         }
         rank_state = {"data": self.loader.state_dict(), "rng": capture_rng(self.noise_generator, self.world.device)}
         if asynchronous:
             self.pending_save = start_checkpoint(
-                self.engine, self.checkpoints_dir, self.step, shared, rank_state, self.world, self._last_step_seconds
+                self.engine, self.checkpoints_dir, self.step, shared, rank_state, self.world, self._last_step_seconds, best
             )
             return self.pending_save.path
         return save_checkpoint(
             self.engine, self.checkpoints_dir, self.step, shared, rank_state, self.config.checkpoint.keep_last, self.world,
-            step_seconds=self._last_step_seconds,
+            step_seconds=self._last_step_seconds, best=best,
         )
 
     def finish_pending_save(self) -> None:
@@ -462,13 +486,39 @@ class Trainer:
             self.monitor.text(self.step, "eval/reconstructions", "| input | reconstruction |\n|---|---|\n" + table)
         return scalars
 
+    def is_validation_step(self, step: int) -> bool:
+        """Periodic validation, and the last step's (before its save, so keep_best can mark that checkpoint)."""
+        every = self.config.validation.every_steps
+        return bool(every and step % every == 0) or step == self.config.total_steps
+
+    def track_best(self, scalars: dict[str, float] | None) -> bool:
+        """checkpoint.keep_best: whether this validation improves on the best so far (then it becomes the best).
+
+        The same answer on every rank (validation returns the same metrics on all), so the save it
+        triggers is a collective every rank joins.
+        """
+        settings = self.config.checkpoint
+        value = (scalars or {}).get(f"eval/{settings.best_metric}")
+        if not settings.keep_best or value is None or not math.isfinite(value):
+            return False
+        if self.best is not None:
+            better = value < self.best["value"] if BEST_METRICS[settings.best_metric] == "min" else value > self.best["value"]
+            if not better:
+                return False
+        self.best = {"metric": settings.best_metric, "value": value, "step": self.step}
+        self.monitor.message(
+            f"step {self.step}: best validation {settings.best_metric} so far ({value:.4f}): kept as checkpoints/best")
+        return True
+
     # ------------------------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
         config = self.config
-        if self._validation_note:
-            self.monitor.message(self._validation_note)
+        for note in (self._validation_note, self._best_note):
+            if note:
+                self.monitor.message(note)
         last: StepResult | None = None
         validation: dict[str, float] | None = None
+        validated_at: int | None = None
         status, checkpoint = "completed", self.resumed_from
         first_step = self.step  # of this process: 0, or the step it resumed at
         try:
@@ -490,21 +540,26 @@ class Trainer:
                 end_of_phase = step_in_phase + 1 == phase.steps
                 # Before validation: after a stop signal the time left until SIGKILL is for the save.
                 stop = any_rank(self.stop_request.requested, self.world.device)
-                if not stop and config.validation.every_steps and self.step % config.validation.every_steps == 0:
-                    validation = self.validate()
+                improved = False
+                if not stop and self.is_validation_step(self.step):
+                    validation, validated_at = self.validate(), self.step
+                    improved = self.track_best(validation)
                 if stop or self.step == config.stop_at_step:
                     status = "preempted" if stop else "stopped"
-                    checkpoint = self.save()
+                    checkpoint = self.save(best=improved)
                     self.monitor.message(f"{status} at step {self.step}; saved {checkpoint}")
                     break
-                if self.step % config.checkpoint.every_steps == 0 or end_of_phase:
-                    checkpoint = self.save(asynchronous=config.checkpoint.asynchronous)
+                if self.step % config.checkpoint.every_steps == 0 or end_of_phase or improved:
+                    checkpoint = self.save(asynchronous=config.checkpoint.asynchronous, best=improved)
             self.finish_pending_save()
             if status == "completed":
                 if checkpoint is None or checkpoint.name != checkpoint_tag(self.step):
                     checkpoint = self.save()
-                if validation is None or not (config.validation.every_steps and self.step % config.validation.every_steps == 0):
+                if validated_at != self.step:  # resumed at the end: the loop took no step
                     validation = self.validate()
+                    if self.track_best(validation) and self.world.is_main:
+                        # The run is over, so no later save needs this best in its trainer state.
+                        set_best_pointer(self.checkpoints_dir, checkpoint.name)
         finally:
             self.monitor.close()
             if self.run_lock is not None:

@@ -45,6 +45,9 @@ def test_every_grid_row_validates_and_covers_the_reference_grid(base_config):
     vanilla = [c for c in configs if c.phases[0].steps == 0 and not c.model.init_from]
     assert len(phase_2) == 9 and len(vanilla) == 3 and all(c.total_steps == c.phases[1].steps for c in vanilla)
     assert {c.model.backbone for c in configs} == {"t5-small", "t5-base"}
+    # The reference keeps phase 1's best val_recon_loss checkpoint and phase 2's last (finetune.py:143-148, :202-207).
+    assert [c.checkpoint.keep_best for c in configs] == [c.phases[1].steps == 0 for c in configs]
+    assert {c.checkpoint.best_metric for c in configs} == {"recon_nll"}
 
 
 def test_small_study_loads_and_its_grid_validates():
