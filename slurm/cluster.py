@@ -1,4 +1,4 @@
-"""The few questions asked of a live SLURM: does this partition have GPUs, and submit this script."""
+"""The few questions asked of a live SLURM: does this partition have GPUs, and submit this script (after that job)."""
 
 from __future__ import annotations
 
@@ -50,11 +50,13 @@ class SubmitError(UserError, RuntimeError):
     """sbatch is missing or refused the job (a partition, account or limit to fix); sbatch's words follow."""
 
 
-def submit(script_path: Path) -> str:
-    """Runs `sbatch --parsable SCRIPT` and returns the job id; raises SubmitError with sbatch's message."""
+def submit(script_path: Path, dependency: str | None = None) -> str:
+    """Runs `sbatch --parsable [--dependency=DEPENDENCY] SCRIPT` and returns the job id; raises SubmitError
+    with sbatch's message. `dependency` e.g. 'afterok:123' (a sweep's later wave)."""
     if shutil.which("sbatch") is None:
         raise SubmitError("sbatch was not found on PATH: submit from a SLURM login node, or render and copy the script")
-    result = subprocess.run(["sbatch", "--parsable", str(script_path)], capture_output=True, text=True, timeout=120)
+    command = ["sbatch", "--parsable", *([f"--dependency={dependency}"] if dependency else []), str(script_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         raise SubmitError(f"sbatch {script_path} failed (exit {result.returncode}): {result.stderr.strip()}")
     # --parsable prints "jobid" or "jobid;cluster".

@@ -21,6 +21,7 @@ from .options import JobOptions, Layout, resolve_layout, resolve_resources
 from .run_config import TRAINER_MODULE, check_config_file, read_run_facts
 from .signal_lead import SignalLead, signal_lead
 from .sweep import read_sweep_table
+from .waves import SweepWave, array_spec, init_from_sources, sweep_waves
 
 JobKind = Literal["train", "eval", "sweep"]
 JOB_KINDS: tuple[str, ...] = ("train", "eval", "sweep")
@@ -41,6 +42,7 @@ class RenderedJob:
     job_name: str
     output_dir: Path
     array_size: int | None  # tasks of a sweep's job array; None for single jobs
+    wave: SweepWave | None = None  # a sweep's wave: its rows and the waves it waits for (afterok)
 
 
 def render_job(
@@ -49,12 +51,15 @@ def render_job(
     overrides: list[str] | tuple[str, ...] = (),
     options: JobOptions | None = None,
     sweep_table: str | Path | None = None,
+    wave: int | None = None,
 ) -> RenderedJob:
     """Checks the request and fills the template of `kind` ('train', 'eval' or 'sweep').
 
-    Raises ConfigError (a ValueError) with a message naming the option, file or key for an
-    impossible request: missing config, GPUs on a CPU-only job or partition, a global batch that
-    does not divide by micro batch x world size, a bad sweep table.
+    `wave`: for a sweep whose rows start from other rows' weights (`waves.py`), which wave's array to
+    render; `render_sweep` renders them all. Raises ConfigError (a ValueError) with a message naming
+    the option, file or key for an impossible request: missing config, GPUs on a CPU-only job or
+    partition, a global batch that does not divide by micro batch x world size, a bad sweep table,
+    a sweep of several waves rendered as one array.
     """
     options = options or JobOptions()
     overrides = list(overrides)
@@ -69,6 +74,8 @@ def render_job(
     module = options.module or TRAINER_MODULE
 
     rows: list[list[str]] = []
+    selected: list[int] = []  # the rows of this job's array
+    sweep_wave: SweepWave | None = None
     kind_values: dict[str, str] = {}
     planned_save_seconds: float | None = None
     run_dirs: list[str] = []
@@ -82,9 +89,19 @@ def render_job(
             )
     elif kind == "sweep":
         rows = sweep_rows(config_path, overrides, read_sweep_table(sweep_table), module, layout, sweep_table)
-        run_dirs = [_run_dir_of(row) for row in rows]
+        waves = sweep_waves(init_from_sources(rows, sweep_table))
+        if wave is None and len(waves) > 1:
+            raise ConfigError(
+                f"sweep table '{sweep_table}': rows {', '.join(map(str, waves[1].rows))} start from other rows' "
+                f"weights, so it runs as {len(waves)} dependent arrays: render it with render_sweep"
+            )
+        if wave is not None and not 0 <= wave < len(waves):
+            raise ConfigError(f"sweep table '{sweep_table}' has {len(waves)} waves, not a wave {wave}")
+        sweep_wave = waves[wave or 0]
+        selected = list(sweep_wave.rows)
+        run_dirs = [_run_dir_of(rows[i]) for i in selected]
         kind_values["sweep_table"] = str(Path(sweep_table).resolve())
-        kind_values["sweep_rows"] = "\n".join(f"    {i}) ROW=({_bash_words(row)}) ;;" for i, row in enumerate(rows))
+        kind_values["sweep_rows"] = "\n".join(f"    {i}) ROW=({_bash_words(rows[i])}) ;;" for i in selected)
     else:
         kind_values.update(_eval_values(config_path, overrides, options))
 
@@ -92,8 +109,9 @@ def render_job(
     output_dir = Path(options.output_dir).resolve()
     workdir = Path(options.workdir).resolve() if options.workdir else Path.cwd()
     lead = _warning_lead(kind, options, run_dirs, workdir, planned_save_seconds)
+    array = array_spec(selected) if selected else None
     values = {
-        "sbatch": "\n".join(_sbatch_lines(kind, options, layout, job_name, output_dir, workdir, len(rows) or None, lead)),
+        "sbatch": "\n".join(_sbatch_lines(kind, options, layout, job_name, output_dir, workdir, array, lead, sweep_wave)),
         "launch": _launch_fragment(layout, options, output_dir),
         "setup": _setup_lines(options),
         "config": str(config_path),
@@ -103,7 +121,23 @@ def render_job(
         values.update(
             config_quoted=shlex.quote(str(config_path)), overrides=_bash_words(overrides), program=_bash_words(["-m", module])
         )
-    return RenderedJob(kind, _fill(_template(kind), values), job_name, output_dir, len(rows) or None)
+    return RenderedJob(kind, _fill(_template(kind), values), job_name, output_dir, len(selected) or None, sweep_wave)
+
+
+def render_sweep(
+    config: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    options: JobOptions | None = None,
+    sweep_table: str | Path | None = None,
+) -> list[RenderedJob]:
+    """A sweep's arrays, one per wave in submission order (one job when no row starts from another row).
+
+    `seq2vae slurm submit` submits wave k with `--dependency=afterok:` on the jobs of `job.wave.after`.
+    """
+    options = options or JobOptions()
+    first = render_job("sweep", config, overrides, options, sweep_table, wave=0)
+    assert first.wave is not None
+    return [first] + [render_job("sweep", config, overrides, options, sweep_table, wave=k) for k in range(1, first.wave.count)]
 
 
 def _run_dir_of(row: list[str]) -> str:
@@ -198,14 +232,7 @@ def sweep_rows(
             )
         run_dirs[run_dir] = index
         rows.append(row)
-    for index, row in enumerate(rows):  # a row that starts from another row's weights must run after it
-        for item in row:
-            source = item.removeprefix("model.init_from=") if item.startswith("model.init_from=") else None
-            if source is not None and run_dirs.get(source.rstrip("/"), -1) >= index:
-                raise ConfigError(
-                    f"sweep table '{table}', row {index}: model.init_from names row {run_dirs[source.rstrip('/')]}'s run "
-                    "directory, which runs after it; put the row it starts from first"
-                )
+    init_from_sources(rows, table)  # a row that starts from another row's weights must come after it
     return rows
 
 
@@ -216,8 +243,9 @@ def _sbatch_lines(
     job_name: str,
     output_dir: Path,
     workdir: Path,
-    array_size: int | None,
+    array: str | None,
     lead: SignalLead | None,
+    wave: SweepWave | None = None,
 ) -> list[str]:
     log_name = "%x-%A_%a.out" if kind == "sweep" else "%x-%j.out"
     resources = resolve_resources(options, layout)
@@ -248,9 +276,10 @@ def _sbatch_lines(
         pairs.append(("requeue", ""))
     elif options.requeue_on_failure:
         pairs.append(("requeue", ""))  # a failed evaluation runs again
-    if array_size:
+    if array:
+        # Task ids are the table's row indices, whichever wave the array is: task-<i> directories and logs.
         limit = f"%{options.max_parallel}" if options.max_parallel else ""
-        pairs.append(("array", f"0-{array_size - 1}{limit}"))
+        pairs.append(("array", f"{array}{limit}"))
     lines = []
     for name, value in pairs:
         if value is None:
@@ -262,6 +291,10 @@ def _sbatch_lines(
     lines += [_extra_sbatch_line(line) for line in options.sbatch_lines]
     if kind != "eval":
         lines.append(f"# warning lead: {f'{lead.seconds} s, {lead.reason}' if lead else 'none (TERM at the time limit only)'}")
+    if wave is not None and wave.count > 1:
+        waits = (f"submitted with --dependency=afterok on the job(s) of wave(s) {', '.join(str(w + 1) for w in wave.after)}"
+                 if wave.after else "the rows the later waves start from")
+        lines.append(f"# wave {wave.index + 1} of {wave.count} (rows {array}): {waits}")
     return lines
 
 

@@ -109,6 +109,37 @@ def test_sweep_trains_each_row_in_its_own_run_directory(slurm_cluster, write_tra
     assert sorted(path.name.rsplit("_", 1)[1] for path in (tmp_path / "logs").glob("*.out")) == ["0.out", "1.out"]
 
 
+def test_a_sweep_row_that_starts_from_another_row_waits_for_it_through_a_requeue(slurm_cluster, write_train_config, tmp_path):
+    steps = 40  # ~0.3 s a step: time enough to preempt the first wave mid-run
+    config = write_train_config(tmp_path, steps=steps, checkpoint_every=1000)
+    table = tmp_path / "sweep.tsv"
+    table.write_text(f"phases.0.steps\tmodel.init_from\n{steps}\t\n2\t{{run_dir}}/task-0\n")
+    first_id, second_id = submit(slurm_cluster, config, "--kind", "sweep", "--sweep", str(table), "--cpus-per-task", "2",
+                                 "--max-restarts", "1").split()
+    (pending,) = slurm_cluster.job_fields(second_id)
+    assert pending["JobState"] == "PENDING" and pending["Dependency"].startswith(f"afterok:{first_id}"), pending
+    # A requeue is not an end: the second wave keeps waiting while the first resumes.
+    run_dir = tmp_path / "run"
+    metrics = run_dir / "task-0" / "metrics.jsonl"
+    slurm_cluster.wait_until(
+        lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, "the first wave to take steps", timeout=300
+    )
+    slurm_cluster.run("scancel", "--signal=USR1", "--batch", f"{first_id}_0")
+    slurm_cluster.wait_for(first_id, lambda jobs: jobs[0]["Restarts"] == "1", "the requeue")
+    (first,) = slurm_cluster.wait_until_done(first_id, timeout=360)
+    (second,) = slurm_cluster.wait_until_done(second_id, timeout=360)
+    states = first["JobState"], second["JobState"]
+    assert states == ("COMPLETED", "COMPLETED"), slurm_cluster.explain(first_id) + slurm_cluster.explain(second_id)
+    assert first["Restarts"] == "1"
+    # Each wave's array task id is its row: task-<i> run directories and logs, as one array would have.
+    assert (first["ArrayTaskId"], second["ArrayTaskId"]) == ("0", "1")
+    assert second["StartTime"] >= first["EndTime"], (first, second)  # ISO timestamps: ordered as strings
+    assert latest_checkpoint(run_dir / "task-0") == f"step_{steps:08d}"
+    assert latest_checkpoint(run_dir / "task-1") == "step_00000002"
+    (log,) = (tmp_path / "logs").glob(f"*-{second_id}_1.out")
+    assert f"initial weights from model.init_from={run_dir / 'task-0'} (latest checkpoint step_{steps:08d})" in log.read_text()
+
+
 @pytest.mark.slow
 def test_training_at_its_time_limit_saves_on_term_requeues_and_matches_an_uninterrupted_run(
     slurm_cluster, write_train_config, tmp_path
