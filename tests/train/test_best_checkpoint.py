@@ -166,3 +166,18 @@ def test_init_from_a_run_that_kept_a_best_starts_from_it(best_runs, data_overrid
         assert resolve_init_from(config.model).description.endswith("(latest checkpoint step_00000012)")
     finally:
         (full / "checkpoints" / "best.moved").rename(full / "checkpoints" / BEST_FILE)
+
+
+@pytest.mark.slow
+def test_eval_and_export_take_the_latest_unless_asked_for_the_best(best_runs, shard_dir, launch):
+    full, _, _, _ = best_runs
+    output = full / "eval-best.json"
+    done = launch.seq2vae("eval", "--model", str(full), "--checkpoint", "best", "--data", str(shard_dir), "--device", "cpu",
+                          "--iw-samples", "2", "--max-sentences", "8", "--prior-samples", "0", "--interpolations", "0",
+                          "--output", str(output))
+    assert done.returncode == 0, launch.tail(done)
+    assert json.loads(output.read_text())["model_kind"] == "run export step_00000006"
+    from seq2vae.checkpoint.export import main as export_main
+
+    assert export_main([str(full), "--checkpoint", "latest"]) == 0
+    assert sorted(p.name for p in (full / "export").iterdir()) == ["step_00000006", "step_00000012"]
