@@ -33,7 +33,7 @@ from ..config import add_flags, from_flags
 from ..distributed import gather_objects, process_group
 from ..errors import UserError
 from ..model import Seq2SeqVAE
-from ..model.prior import saved_prior
+from ..model.prior import saved_priors
 from ..model.vae import BACKBONE_SUBDIR, saved_tokenizer
 from ..plan.memory import InferenceBatch
 from .data import load_samples
@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             batch = eval_batch(config.iw_samples, config.batch_size, config.decoder_batch_size, device, longest)
             with _loaded_model(model_dir, device, args.placement, batch) as (vae, placement):
                 logger.info("evaluating %d sentences from %s with K=%d", len(samples), args.data, config.iw_samples)
-                learned_prior = saved_prior(model_dir)  # sampled beside N(0, I) when `seq2vae fit-prior` saved one
-                result = evaluate(vae, samples, config, learned_prior=learned_prior)
+                learned_priors = saved_priors(model_dir)  # sampled beside N(0, I) when `seq2vae fit-prior` saved any
+                result = evaluate(vae, samples, config, learned_prior=learned_priors)
         except (FileNotFoundError, ValueError) as error:
             raise _as_user_error(error) from error
         if rank != 0:
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             "split": args.split if data_info.get("kind") == "shards" else None,
             "iw_samples": config.iw_samples,
             "seed": config.seed,
-            "learned_prior": learned_prior.record if learned_prior is not None else None,
+            "learned_prior": [prior.record for prior in learned_priors] or None,
             "conventions": CONVENTIONS,
             "versions": _versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

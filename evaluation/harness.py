@@ -516,8 +516,8 @@ def evaluate(model, samples: list[dict], config: EvalConfig | None = None, learn
     Args:
         model: a Seq2SeqVAE (or a wrapper with `.module`).
         samples: dicts {"input_ids": int array ending in EOS, "text": str, "meta": dict}.
-        learned_prior: a prior fitted to the aggregate posterior (`seq2vae.model.prior`), sampled
-            beside N(0, I) and reported side by side; None for N(0, I) alone.
+        learned_prior: a prior fitted to the aggregate posterior (`seq2vae.model.prior`), or a list of
+            them, sampled beside N(0, I) and reported side by side; None for N(0, I) alone.
     Returns: {"metrics": flat scalars, "reconstruction", "probes", "prior_samples" (N(0, I)),
         "samples_by_prior", "interpolations", "notes", "config", "world_size"}, identical on every rank.
         When the texts are the synthetic corpus, metrics include its ground truth (diagnostics.py).
@@ -546,7 +546,8 @@ def evaluate(model, samples: list[dict], config: EvalConfig | None = None, learn
             notes.append(
                 f"{num_truncated} of {len(samples)} sentences were truncated: their per-word count covers the kept tokens only"
             )
-        priors = [StandardNormalPrior(vae.config.latent_dim), *([learned_prior] if learned_prior is not None else [])]
+        learned = learned_prior if isinstance(learned_prior, (list, tuple)) else [learned_prior] * (learned_prior is not None)
+        priors = [StandardNormalPrior(vae.config.latent_dim), *learned]
         samples_by_prior, interpolations = _prior_and_interpolations(vae, stats["mu"], samples, config, priors)
     for name, texts in samples_by_prior.items():
         metrics[f"prior_{name}_distinct"] = len(set(texts)) / len(texts) if texts else None

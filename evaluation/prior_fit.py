@@ -1,11 +1,13 @@
-"""`seq2vae fit-prior`: fit a Gaussian-mixture prior to a trained model's aggregate posterior.
+"""`seq2vae fit-prior`: fit a learned prior to a trained model's aggregate posterior.
 
     seq2vae fit-prior --model MODEL_DIR --data SHARDS [--split train] [--components 64]
+    seq2vae fit-prior --kind flow --model MODEL_DIR --data SHARDS [--flow-steps 3000]
 
 Encodes up to --max-sentences training sentences, draws --draws-per-sentence z ~ q(z|x) from each,
-fits the mixture by EM (`seq2vae.model.prior`) and saves it into the model directory
-(prior_gmm.safetensors + prior_gmm.json), where `seq2vae generate --sample`, `seq2vae eval` and the
-report find it. N(0, I) stays available (`generate --prior standard_normal`).
+fits a Gaussian mixture by EM (`seq2vae.model.prior`, the default) or a RealNVP flow by maximum
+likelihood (`seq2vae.model.prior_flow`) and saves it into the model directory (prior_gmm.* or
+prior_flow.*), where `seq2vae generate --sample`, `seq2vae eval` and the report find it. N(0, I) stays
+available (`generate --prior standard_normal`); eval samples every saved prior side by side.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from ..data.collate import collate
 from ..errors import UserError
 from ..model.prior import GaussianMixturePrior, fit_gaussian_mixture
+from ..model.prior_flow import FlowPrior, fit_flow
 from .data import load_samples
 from .harness import unwrap
 
@@ -58,18 +61,24 @@ def posterior_draws(mu: torch.Tensor, logvar: torch.Tensor, draws_per_sentence: 
 
 
 def fit_learned_prior(
-    vae, samples: list[dict], *, num_components: int = 64, draws_per_sentence: int = 2, temperature: float = 1.0,
-    seed: int = 0, batch_size: int = 64,
-) -> GaussianMixturePrior:
-    """A Gaussian mixture fitted by EM to draws z ~ q(z|x) of `samples` (the aggregate posterior).
+    vae, samples: list[dict], *, kind: str = "gmm", num_components: int = 64, flow_steps: int = 3000,
+    draws_per_sentence: int = 2, temperature: float = 1.0, seed: int = 0, batch_size: int = 64,
+) -> GaussianMixturePrior | FlowPrior:
+    """A prior fitted to draws z ~ q(z|x) of `samples` (the aggregate posterior): a Gaussian mixture of
+    `num_components` by EM (kind "gmm") or a RealNVP flow trained for `flow_steps` (kind "flow").
 
-    `temperature` is stored with the prior and scales its component deviations when sampling (1: the
-    fitted q(z); below 1 trades diversity for samples nearer the encoded sentences).
+    `temperature` is stored with the prior and scales its deviations when sampling (1: the fitted
+    q(z); below 1 trades diversity for samples nearer the encoded sentences).
     """
     if temperature <= 0:
         raise FitPriorError(f"temperature must be > 0, got {temperature}")
+    if kind not in ("gmm", "flow"):
+        raise FitPriorError(f"kind must be gmm or flow, got {kind!r}")
     points = posterior_draws(*encode_posteriors(vae, samples, batch_size), draws_per_sentence, seed)
-    prior = fit_gaussian_mixture(points, num_components, generator=torch.Generator().manual_seed(seed))
+    if kind == "flow":
+        prior = fit_flow(points, steps=flow_steps, seed=seed)
+    else:
+        prior = fit_gaussian_mixture(points, num_components, generator=torch.Generator().manual_seed(seed))
     prior.temperature = temperature
     prior.record.update({"num_sentences": len(samples), "draws_per_sentence": draws_per_sentence,
                          "seed": seed})
@@ -84,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="shard directory or .txt / .jsonl file of training sentences")
     parser.add_argument("--split", default="train", help="shard split to encode (default: %(default)s)")
     parser.add_argument("--max-sentences", type=int, default=5000, help="sentences encoded (default: %(default)s)")
+    parser.add_argument("--kind", choices=("gmm", "flow"), default="gmm",
+                        help="gmm: Gaussian mixture by EM; flow: RealNVP by maximum likelihood (default: %(default)s)")
     parser.add_argument("--components", type=int, default=64, help="mixture components (default: %(default)s)")
+    parser.add_argument("--flow-steps", type=int, default=3000, help="flow: optimizer steps (default: %(default)s)")
     parser.add_argument("--draws-per-sentence", type=int, default=2, help="z ~ q(z|x) per sentence (default: %(default)s)")
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="scale of the components' deviations when sampling (default: %(default)s)")
@@ -96,7 +108,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for flag, value in (("--max-sentences", args.max_sentences), ("--components", args.components),
-                        ("--draws-per-sentence", args.draws_per_sentence)):
+                        ("--draws-per-sentence", args.draws_per_sentence), ("--flow-steps", args.flow_steps)):
         if value < 1:
             raise FitPriorError(f"{flag} must be >= 1, got {value}")
     from ..model import Seq2SeqVAE
@@ -107,11 +119,12 @@ def main(argv: list[str]) -> int:
     vae = Seq2SeqVAE.from_pretrained(model_dir)
     samples, _ = load_samples(args.data, vae.tokenizer, split=args.split, max_sentences=args.max_sentences,
                               embedding_size=vae.backbone.get_input_embeddings().num_embeddings)
-    if len(samples) < args.components:
+    if args.kind == "gmm" and len(samples) < args.components:
         raise FitPriorError(f"--data {args.data}: {len(samples)} sentences cannot fit {args.components} components")
-    prior = fit_learned_prior(vae, samples, num_components=args.components, draws_per_sentence=args.draws_per_sentence,
-                              temperature=args.temperature, seed=args.seed)
+    prior = fit_learned_prior(vae, samples, kind=args.kind, num_components=args.components, flow_steps=args.flow_steps,
+                              draws_per_sentence=args.draws_per_sentence, temperature=args.temperature, seed=args.seed)
     path = prior.save(model_dir)
-    print(f"fitted a {args.components}-component Gaussian mixture to q(z) of {len(samples)} sentences "
+    what = f"a {args.components}-component Gaussian mixture" if args.kind == "gmm" else "a RealNVP flow"
+    print(f"fitted {what} to q(z) of {len(samples)} sentences "
           f"(mean log-likelihood {prior.record['mean_log_likelihood']:.2f} nats); saved {path}")
     return 0

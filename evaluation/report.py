@@ -63,7 +63,7 @@ def _rows(result: dict) -> list[tuple[str, str]]:
     return rows
 
 
-PRIOR_LABELS = {"standard_normal": "N(0, I)", "gmm": "learned GMM"}
+PRIOR_LABELS = {"standard_normal": "N(0, I)", "gmm": "learned GMM", "flow": "learned flow"}
 SHOWN_PRIOR_SAMPLES = 5
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .prior import GMM_FILE, saved_prior
+from .prior import LEARNED_PRIORS, saved_prior
 
 
 class GenerateArgumentError(UserError):
@@ -47,12 +47,14 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def _chosen_prior(model: Path, choice: str):
-    """The learned prior for `--prior gmm` / `auto` (None means N(0, I))."""
-    learned = saved_prior(model)
-    if choice == "gmm" and learned is None:
-        raise GenerateArgumentError(f"--prior gmm: {model} has no {GMM_FILE}; "
-                                    f"fit one with `seq2vae fit-prior --model {model} ...`")
-    return None if choice == "standard_normal" else learned
+    """The learned prior for `--prior gmm` / `flow` / `auto` (None means N(0, I))."""
+    if choice == "standard_normal":
+        return None
+    learned = saved_prior(model, choice)
+    if choice != "auto" and learned is None:
+        raise GenerateArgumentError(f"--prior {choice}: {model} has no {LEARNED_PRIORS[choice][0]}; "
+                                    f"fit one with `seq2vae fit-prior --kind {choice} --model {model} ...`")
+    return learned
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reconstruct", nargs="+", metavar="TEXT", default=[], help="texts to decode from their posterior mean")
     parser.add_argument("--sample", type=int, default=0, metavar="N", help="decode N codes drawn from the prior")
     parser.add_argument(
-        "--prior", choices=("auto", "standard_normal", "gmm"), default="auto",
-        help="prior of --sample: gmm is the mixture `seq2vae fit-prior` saved in the model directory, "
-        "standard_normal is N(0, I); auto takes gmm when there is one (default: %(default)s)",
+        "--prior", choices=("auto", "standard_normal", "gmm", "flow"), default="auto",
+        help="prior of --sample: gmm / flow are the mixture / flow `seq2vae fit-prior` saved in the model "
+        "directory, standard_normal is N(0, I); auto takes gmm, else flow, else N(0, I) (default: %(default)s)",
     )
     parser.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="decode points between two texts' codes")
     parser.add_argument("--steps", type=int, default=5, help="points on an interpolation, end points included")
@@ -98,7 +100,7 @@ def main(argv: list[str]) -> int:
     if args.sample:
         generator = torch.Generator().manual_seed(args.seed)
         prior = _chosen_prior(Path(args.model), args.prior)
-        results["prior"] = "standard_normal" if prior is None else f"gmm (temperature {prior.temperature:g})"
+        results["prior"] = "standard_normal" if prior is None else f"{prior.name} (temperature {prior.temperature:g})"
         results["samples"] = vae.sample(args.sample, generator=generator, prior=prior, **decoding)
     if args.interpolate:
         results["interpolation"] = vae.interpolate(*args.interpolate, steps=args.steps, **decoding)

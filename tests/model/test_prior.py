@@ -95,3 +95,8 @@ def test_fit_prior_then_generate_samples_from_it_and_says_so(tiny_t5_dir, tmp_pa
     too_many = _seq2vae("fit-prior", "--model", str(model), "--data", str(corpus), "--components", "100")
     assert too_many.returncode == 2 and "cannot fit 100 components" in too_many.stderr
     assert math.isfinite(saved_prior(model).record["mean_log_likelihood"])
+    flow = _seq2vae("fit-prior", "--kind", "flow", "--flow-steps", "30", "--model", str(model), "--data", str(corpus))
+    assert flow.returncode == 0 and "RealNVP flow" in flow.stdout, flow.stderr[-2000:]
+    from_flow = _seq2vae("generate", "--model", str(model), "--sample", "3", "--max-new-tokens", "5", "--json", "--prior", "flow")
+    assert from_flow.returncode == 0 and json.loads(from_flow.stdout)["prior"].startswith("flow"), from_flow.stderr[-2000:]
+    assert saved_prior(model).name == "gmm"  # auto keeps the mixture when both are saved
