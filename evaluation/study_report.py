@@ -127,11 +127,12 @@ def _group_section(groups: list[RunGroup], settings: list[str], columns: list[st
     metric_keys = [column for column in columns if column not in ("run", *settings, "metrics_from", "source")]
     group_columns, group_rows = group_csv(groups, shown_settings, metric_keys)
     csv_path = write_csv(group_columns, group_rows, output / "report_groups.csv")
-    seeds = ", ".join(f"`{key}`" for key in settings if key not in shown_settings) or "nothing"
+    seeds = ", ".join(f"`{key}`" for key in settings if key not in shown_settings)
+    same = f"differ only in {seeds}" if seeds else "are equal"
     return [
         "## Settings over seeds (mean ± 95% interval)",
         "",
-        f"Runs whose configs differ only in {seeds} are one setting. Each cell is the mean over the setting's "
+        f"Runs whose configs {same} are one setting. Each cell is the mean over the setting's "
         "n runs ± the half-width of the 95% Student-t interval (n - 1 degrees of freedom); n = 1 has no "
         f"interval. 'saturated k/n': k of the runs' MI sits within {MI_SATURATION_MARGIN} nats of its ceiling log N, so the "
         "mean says only 'at least about log N' (read the MI upper bound and the mismatch instead). "
