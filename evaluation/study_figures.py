@@ -1,7 +1,8 @@
 """The figures of a study report (matplotlib, Agg backend, fixed pixel sizes so pages lay out alike).
 
-Each function draws one PNG from `StudyRun`s and returns its path, or None when no run has the data
-it needs (a run without curves, an eval JSON without latents, ...).
+Each function draws one PNG from `StudyRun`s (the rate-distortion figure: from the settings' `RunGroup`s,
+so seeds become interval bars) and returns its path, or None when no run has the data it needs (a run
+without curves, an eval JSON without latents, runs that all have the same rate, ...).
 """
 
 from __future__ import annotations
