@@ -3,10 +3,12 @@
 Writes the synthetic corpus, the offline tokenizer and the shards (the quickstart's own functions),
 runs every row with `seq2vae sweep` (train, evaluate, resumable: run it again after an interruption)
 and prints the table of the finding the paper reports: without the autoencoder phase and without a
-KL threshold the posterior collapses (KL ~ 0, no active units); with them it does not. The full
-report (markdown, CSV, figures) lands in OUTPUT/report.
+KL threshold the posterior collapses (KL ~ 0, no active units); with them it does not. With seeds in
+the grid, the table has one row per setting: n, then each metric as mean ± the half-width of its 95%
+Student-t interval over the seeds (`seq2vae report`'s report_groups.csv). The full report (markdown,
+CSV, figures) lands in OUTPUT/report.
 
-    python bench/bench_study.py                       # 8 rows, 6,300 training steps in all (bench/RESULTS.md)
+    python bench/bench_study.py                       # 24 rows (8 settings x 3 seeds), 21,600 training steps in all
     python bench/bench_study.py --output /tmp/study phases.1.steps=300
     OMP_NUM_THREADS=1 python bench/bench_study.py   # on a machine shared with other jobs
 """
@@ -29,8 +31,51 @@ TABLE_COLUMNS = (
 )
 
 
+# The grouped table (one row per setting, over its seeds): settings, then metrics as mean ± half-width.
+GROUP_SETTINGS = (("phases.0.steps", "phase-1 steps"), ("phases.1.deletion_rate", "deletion"), ("phases.1.free_bits", "lambda"))
+GROUP_METRICS = (
+    ("recon_nll", "recon"), ("kl", "KL"), ("neg_elbo", "-ELBO"), ("iw_nll", "IW-NLL"), ("mi_dataset", "MI"),
+    ("mi_upper_bound", "MI <="), ("prior_mismatch_gaussian", "mismatch >="), ("reliance_gain_vs_other_z", "reliance"),
+    ("active_units", "AU"), ("bleu", "BLEU"), ("probe_topic", "topic probe"),
+    ("prior_standard_normal_grammatical", "grammatical N(0,I)"),
+)
+
+
+def _interval_cell(row: dict, key: str) -> str:
+    """'mean ± half-width' of report_groups.csv's _mean/_low/_high (the mean alone for n = 1); a
+    saturated MI says so."""
+    mean, low, high = (row.get(f"{key}_{part}", "") for part in ("mean", "low", "high"))
+    if not mean:
+        return "-"
+    cell = f"{float(mean):.2f}" if not low else f"{float(mean):.2f} ± {(float(high) - float(low)) / 2:.2f}"
+    saturated = row.get(f"{key}_saturated_runs", "")
+    if saturated not in ("", "0"):
+        cell += f" (saturated {saturated}/{row['n']})"
+    return cell
+
+
+def print_group_table(groups_csv: Path) -> None:
+    """report_groups.csv as markdown: one row per setting, n, mean ± 95% interval half-width per metric."""
+    with groups_csv.open() as stream:
+        rows = list(csv.DictReader(stream))
+    settings = [(key, title) for key, title in GROUP_SETTINGS if key in rows[0]]
+    metrics = [(key, title) for key, title in GROUP_METRICS if any(row.get(f"{key}_mean") for row in rows)]
+    titles = [title for _, title in settings] + ["n"] + [title for _, title in metrics] + ["runs"]
+    print("| " + " | ".join(titles) + " |")
+    print("|" + "---|" * len(titles))
+    for row in rows:
+        cells = [row[key] or "-" for key, _ in settings] + [row["n"]]
+        cells += [_interval_cell(row, key) for key, _ in metrics] + [row["runs"]]
+        print("| " + " | ".join(cells) + " |")
+
+
 def print_table(report_csv: Path) -> None:
-    """The report's CSV as a markdown table of the columns the finding needs (for bench/RESULTS.md)."""
+    """The report's CSV as a markdown table of the columns the finding needs (for bench/RESULTS.md): per
+    setting over its seeds when report_groups.csv is there (some setting ran more than once), else per run."""
+    groups_csv = report_csv.with_name("report_groups.csv")
+    if groups_csv.is_file():
+        print_group_table(groups_csv)
+        return
     with report_csv.open() as stream:
         rows = list(csv.DictReader(stream))
     columns = [(key, title) for key, title in TABLE_COLUMNS if any(key in row for row in rows)]

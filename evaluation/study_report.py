@@ -7,6 +7,16 @@ Writes OUTPUT/report.md (the page, figures embedded), OUTPUT/report.csv (one row
 settings that differ between runs, then recon, KL, -ELBO, IW-NLL, perplexities, MI, AU, BLEU and
 probe accuracies) and the PNGs. Inputs are run directories or `seq2vae eval` JSON files
 (`seq2vae.evaluation.study_runs` says what is read from each). `write_report` is the same as a function.
+
+Seeds: runs whose configs differ only in `seed` (or another seed-like key) are repeats of one setting
+(`evaluation/study_groups.py`). When some setting has repeats, the page opens with one row per setting:
+n and, per metric, the mean +- the half-width of its 95% Student-t interval (n - 1 degrees of freedom);
+an MI flagged at its ceiling log N says "saturated k/n". OUTPUT/report_groups.csv holds the same with
+<metric>_mean, _low, _high and _n columns. The per-run table follows. Without repeats the page is per run only.
+
+Rate-distortion: when the runs differ in rate, rate_distortion.png draws recon NLL against KL per
+setting (interval bars over seeds), a line through each rate sweep (settings equal but for
+`target_kl` / `free_bits`) in KL order, and the -ELBO iso-lines recon + KL = const.
 """
 
 from __future__ import annotations
@@ -17,7 +27,17 @@ import datetime
 from pathlib import Path
 from typing import Any
 
+from .diagnostics import MI_SATURATION_MARGIN
 from .report import format_comparison
+from .study_groups import (
+    RunGroup,
+    format_value,
+    group_csv,
+    group_markdown_table,
+    group_runs,
+    grouping_settings,
+    has_repeats,
+)
 from .study_runs import StudyRun, load_runs, varied_settings
 
 # Metric columns after the settings: (CSV column = key in the eval JSON's metrics, markdown header).
@@ -42,6 +62,7 @@ METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
     ("prior_mismatch_gaussian", "mismatch >="),  # KL(q(z) || p); no "|" inside a markdown cell
     ("reliance_gain_vs_other_z", "reliance (nats)"),
     ("free_bits_share_below", "below free bits"),
+    ("true_nll", "true NLL"),  # synthetic data: the exact mean -log p(x), the floor of every bound above
     ("iw_nll_gap_to_true_nll", "IW-NLL - true NLL"),
     ("prior_standard_normal_grammatical", "grammatical N(0,I)"),
     ("prior_gmm_grammatical", "grammatical GMM"),
@@ -75,19 +96,9 @@ def report_rows(runs: list[StudyRun]) -> tuple[list[str], list[dict[str, Any]]]:
     return columns, rows
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool) or isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) >= 1e4 or (value != 0 and abs(value) < 1e-2) else f"{value:.2f}"
-    return str(value).replace("|", "\\|")
-
-
 def _setting_label(run: StudyRun, settings: list[str]) -> str:
     """The run's name and its first varied settings by their last two key parts ('task-3: 1.free_bits=3')."""
-    shown = ", ".join(f"{'.'.join(key.split('.')[-2:])}={_cell(run.settings.get(key))}" for key in settings[:3])
+    shown = ", ".join(f"{'.'.join(key.split('.')[-2:])}={format_value(run.settings.get(key))}" for key in settings[:3])
     return f"{run.name}: {shown}" if shown else run.name
 
 
@@ -106,15 +117,40 @@ def _markdown_table(columns: list[str], rows: list[dict[str, Any]]) -> list[str]
         "| " + " | ".join(headers.get(column, column) for column in shown) + " |",
         "|" + "---|" * len(shown),
     ]
-    lines += ["| " + " | ".join(_cell(row.get(column)) for column in shown) + " |" for row in rows]
+    lines += ["| " + " | ".join(format_value(row.get(column)) for column in shown) + " |" for row in rows]
     return lines
 
 
-def _figures(runs: list[StudyRun], settings: list[str], output: Path) -> list[tuple[str, Path]]:
+def _group_section(groups: list[RunGroup], settings: list[str], columns: list[str], output: Path) -> list[str]:
+    """The grouped table (one row per setting, mean ± 95% interval over its seeds) and report_groups.csv."""
+    shown_settings = grouping_settings(settings)
+    metric_keys = [column for column in columns if column not in ("run", *settings, "metrics_from", "source")]
+    group_columns, group_rows = group_csv(groups, shown_settings, metric_keys)
+    csv_path = write_csv(group_columns, group_rows, output / "report_groups.csv")
+    seeds = ", ".join(f"`{key}`" for key in settings if key not in shown_settings)
+    same = f"differ only in {seeds}" if seeds else "are equal"
+    return [
+        "## Settings over seeds (mean ± 95% interval)",
+        "",
+        f"Runs whose configs {same} are one setting. Each cell is the mean over the setting's "
+        "n runs ± the half-width of the 95% Student-t interval (n - 1 degrees of freedom); n = 1 has no "
+        f"interval. 'saturated k/n': k of the runs' MI sits within {MI_SATURATION_MARGIN} nats of its ceiling log N, so the "
+        "mean says only 'at least about log N' (read the MI upper bound and the mismatch instead). "
+        f"Means, bounds and n per metric: [{csv_path.name}]({csv_path.name}).",
+        "",
+        *group_markdown_table(groups, shown_settings, [key for key in metric_keys if not key.endswith("_majority")],
+                              dict(METRIC_COLUMNS)),
+        "",
+    ]
+
+
+def _figures(runs: list[StudyRun], settings: list[str], groups: list[RunGroup], output: Path) -> list[tuple[str, Path]]:
     """(section title, PNG path) for every figure that had data."""
     from . import study_figures as figures
 
     made = [
+        ("Rate and distortion (recon NLL against KL)",
+         figures.rate_distortion(groups, grouping_settings(settings), output / "rate_distortion.png")),
         ("Training curves (reconstruction, KL, beta)", figures.training_curves(runs, output / "training_curves.png")),
         ("KL per latent dimension", figures.kl_per_dimension(runs, output / "kl_per_dimension.png")),
         (
@@ -138,7 +174,8 @@ def write_report(inputs: list[Path], output: Path) -> Path:
     columns, rows = report_rows(runs)
     settings = varied_settings(runs)
     csv_path = write_csv(columns, rows, output / "report.csv")
-    figures = _figures(runs, settings, output)
+    groups = group_runs(runs, rows, grouping_settings(settings))
+    figures = _figures(runs, settings, groups, output)
 
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     lines = [
@@ -148,6 +185,10 @@ def write_report(inputs: list[Path], output: Path) -> Path:
         f"metrics are in nats per sentence (see the evaluation conventions in docs/CONVENTIONS.md). "
         f"Every value, with the majority baselines of the probes, is in [{csv_path.name}]({csv_path.name}).",
         "",
+    ]
+    if has_repeats(groups):
+        lines += _group_section(groups, settings, columns, output)
+    lines += [
         "## Runs",
         "",
         *_markdown_table(columns, rows),

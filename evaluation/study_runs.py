@@ -35,6 +35,9 @@ class StudyRun:
     result: dict | None  # the `seq2vae eval` JSON, when there is one
     validation: dict | None  # the last validation.jsonl record, "eval/" prefix removed
     curves: list[dict] = field(default_factory=list)  # metrics.jsonl records, in step order
+    # True when `settings` is the run's whole resolved training config (its config.yaml): only then do
+    # equal settings mean the same recipe, so only such runs are grouped across seeds (study_groups).
+    config_known: bool = False
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -135,7 +138,8 @@ def _from_run_dir(run_dir: Path, source: Path, result: dict | None, name: str) -
     if validations:
         last = validations[-1]
         validation = {key.removeprefix("eval/"): value for key, value in last.items()}
-    return StudyRun(name, source, _read_settings(run_dir), result, validation, _read_jsonl(run_dir / "metrics.jsonl"))
+    settings = _read_settings(run_dir)
+    return StudyRun(name, source, settings, result, validation, _read_jsonl(run_dir / "metrics.jsonl"), bool(settings))
 
 
 def load_run(path: str | Path) -> StudyRun:

@@ -14,7 +14,7 @@ import pytest
 from matplotlib import image as mpimg
 
 from seq2vae.cli import main as seq2vae_main
-from seq2vae.evaluation.study_figures import DPI, PCA_FIGURE, WIDE_FIGURE
+from seq2vae.evaluation.study_figures import DPI, PCA_FIGURE, RATE_FIGURE, WIDE_FIGURE
 from seq2vae.evaluation.study_report import write_report
 
 
@@ -67,13 +67,17 @@ def test_report_has_a_row_per_run_the_varied_settings_and_figures(three_results,
 
     text = report.read_text()
     embedded = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    # No run directory, so no training curves; the other figures and one PCA per run.
-    assert embedded == ["kl_per_dimension.png", "metrics_by_setting.png", "pca_00.png", "pca_01.png", "pca_02.png"]
+    # No run directory, so no training curves; the other figures (the three differ in KL: a
+    # rate-distortion figure) and one PCA per run.
+    assert embedded == ["rate_distortion.png", "kl_per_dimension.png", "metrics_by_setting.png", "pca_00.png",
+                        "pca_01.png", "pca_02.png"]
     for name in embedded:
-        expected = PCA_FIGURE if name.startswith("pca") else WIDE_FIGURE
+        expected = PCA_FIGURE if name.startswith("pca") else RATE_FIGURE if name.startswith("rate") else WIDE_FIGURE
         assert png_size(tmp_path / "report" / name) == (int(expected[0] * DPI), int(expected[1] * DPI))
     assert "posterior collapse" in text  # the collapsed model's note
     assert "| t5 | debug-t5 |" in text
+    # t5 and collapsed share every known setting, but an exported model's training is unknown: no groups.
+    assert "Settings over seeds" not in text and not (tmp_path / "report" / "report_groups.csv").exists()
 
 
 def test_report_cli_errors_name_the_path_in_one_line(three_results, tmp_path, capsys):

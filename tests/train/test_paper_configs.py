@@ -57,6 +57,15 @@ def test_small_study_loads_and_its_grid_validates():
     assert any(c.phases[0].steps > 0 and c.phases[1].free_bits > 0 for c in configs)
 
 
+def test_rate_grid_aims_phase_2_at_increasing_kl_targets_without_free_bits():
+    configs = [load_train_config(PAPER / "small.yaml", row) for row in read_sweep_table(PAPER / "rate-grid.tsv")]
+    small = load_train_config(PAPER / "small.yaml")
+    targets = [c.phases[1].beta.target_kl for c in configs]
+    assert targets == sorted(targets) and len(targets) >= 5 and min(targets) < 32 < max(targets)  # both sides of H(x)
+    assert all(c.phases[1].beta.kind == "kl_target" and c.phases[1].free_bits == 0 for c in configs)
+    assert all(c.phases[0] == small.phases[0] for c in configs)  # phase 1 as in small.yaml
+
+
 def test_a_zero_step_phase_is_skipped_and_all_zero_is_refused():
     config = load_train_config(PAPER / "small.yaml", ["phases.0.steps=0", "phases.1.steps=5"])
     assert [phase_at(config.phases, step) for step in (0, 4)] == [(1, 0), (1, 4)]
