@@ -5,8 +5,10 @@ runs every row with `seq2vae sweep` (train, evaluate, resumable: run it again af
 and prints the table of the finding the paper reports: without the autoencoder phase and without a
 KL threshold the posterior collapses (KL ~ 0, no active units); with them it does not. With seeds in
 the grid, the table has one row per setting: n, then each metric as mean ± the half-width of its 95%
-Student-t interval over the seeds (`seq2vae report`'s report_groups.csv). The full report (markdown,
-CSV, figures) lands in OUTPUT/report.
+Student-t interval over the seeds (`seq2vae report`'s report_groups.csv), then the study's contrasts
+as paired differences over the seeds (a seed gives both rows the same data order and initial weights).
+The full report (markdown, CSV, figures) lands in OUTPUT/report. Run again on a finished OUTPUT, it
+trains nothing and prints the tables again.
 
     python bench/bench_study.py                       # 24 rows (8 settings x 3 seeds), 21,600 training steps in all
     python bench/bench_study.py --output /tmp/study phases.1.steps=300
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from seq2vae.commands import sweep as local_sweep
 from seq2vae.commands.quickstart import prepare_corpus, prepare_shards, prepare_tokenizer
+from seq2vae.evaluation.intervals import mean_interval
 
 PAPER_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "paper"
 TABLE_COLUMNS = (
@@ -69,12 +72,55 @@ def print_group_table(groups_csv: Path) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
+# (label, setting a, setting b): a minus b, settings as (phase-1 steps, deletion, lambda).
+CONTRASTS = (
+    ("phase 1 vs none, lambda 0", (300, 0.0, 0.0), (0, 0.0, 0.0)),
+    ("phase 1 with 15% deletion vs none, lambda 0.5", (300, 0.15, 0.5), (0, 0.0, 0.5)),
+    ("phase 1 with 15% deletion vs none, lambda 3", (300, 0.15, 3.0), (0, 0.0, 3.0)),
+    ("40% vs 15% deletion, lambda 0.5", (300, 0.4, 0.5), (300, 0.15, 0.5)),
+    ("15% vs no deletion, lambda 0", (300, 0.15, 0.0), (300, 0.0, 0.0)),
+    ("lambda 3 vs 0.5, phase 1", (300, 0.15, 3.0), (300, 0.15, 0.5)),
+)
+CONTRAST_METRICS = (("iw_nll", "IW-NLL"), ("neg_elbo", "-ELBO"), ("mi_dataset", "MI"), ("reliance_gain_vs_other_z", "reliance"),
+                    ("bleu", "BLEU"), ("probe_topic", "topic probe"), ("active_units", "AU"))
+
+
+def print_contrasts(report_csv: Path) -> None:
+    """Paired differences (a - b per seed): mean and 95% Student-t interval, bold when it excludes 0; a
+    difference of MIs either of which is saturated is not a number and says so."""
+    with report_csv.open() as stream:
+        rows = list(csv.DictReader(stream))
+    if "seed" not in rows[0]:
+        return
+    by_setting: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        setting = (int(row["phases.0.steps"]), float(row["phases.1.deletion_rate"]), float(row["phases.1.free_bits"]))
+        by_setting.setdefault(setting, {})[row["seed"]] = row
+    print("\n| contrast | " + " | ".join(title for _, title in CONTRAST_METRICS) + " |")
+    print("|---|" + "---|" * len(CONTRAST_METRICS))
+    for label, a, b in CONTRASTS:
+        seeds = sorted(set(by_setting.get(a, {})) & set(by_setting.get(b, {})))
+        if len(seeds) < 2:
+            continue
+        pairs = [(by_setting[a][seed], by_setting[b][seed]) for seed in seeds]
+        cells = []
+        for key, _ in CONTRAST_METRICS:
+            if key == "mi_dataset" and any(row["mi_saturated"] == "True" for pair in pairs for row in pair):
+                cells.append("saturated")
+                continue
+            interval = mean_interval([float(x[key]) - float(y[key]) for x, y in pairs])
+            cell = f"{interval.mean:+.2f} [{interval.low:.2f}, {interval.high:.2f}]"
+            cells.append(f"**{cell}**" if interval.low > 0 or interval.high < 0 else cell)
+        print(f"| {label} (n = {len(seeds)}) | " + " | ".join(cells) + " |")
+
+
 def print_table(report_csv: Path) -> None:
     """The report's CSV as a markdown table of the columns the finding needs (for bench/RESULTS.md): per
     setting over its seeds when report_groups.csv is there (some setting ran more than once), else per run."""
     groups_csv = report_csv.with_name("report_groups.csv")
     if groups_csv.is_file():
         print_group_table(groups_csv)
+        print_contrasts(report_csv)
         return
     with report_csv.open() as stream:
         rows = list(csv.DictReader(stream))
