@@ -90,8 +90,8 @@ def print_contrasts(report_csv: Path) -> None:
     difference of MIs either of which is saturated is not a number and says so."""
     with report_csv.open() as stream:
         rows = list(csv.DictReader(stream))
-    if "seed" not in rows[0]:
-        return
+    if not {"seed", "phases.0.steps", "phases.1.deletion_rate", "phases.1.free_bits"} <= set(rows[0]):
+        return  # not the study's grid: no seeds, or a setting the contrasts name does not vary
     by_setting: dict[tuple, dict[str, dict]] = {}
     for row in rows:
         setting = (int(row["phases.0.steps"]), float(row["phases.1.deletion_rate"]), float(row["phases.1.free_bits"]))
@@ -107,6 +107,9 @@ def print_contrasts(report_csv: Path) -> None:
         for key, _ in CONTRAST_METRICS:
             if key == "mi_dataset" and any(row["mi_saturated"] == "True" for pair in pairs for row in pair):
                 cells.append("saturated")
+                continue
+            if any(row.get(key, "") == "" for pair in pairs for row in pair):
+                cells.append("-")
                 continue
             interval = mean_interval([float(x[key]) - float(y[key]) for x, y in pairs])
             cell = f"{interval.mean:+.2f} [{interval.low:.2f}, {interval.high:.2f}]"

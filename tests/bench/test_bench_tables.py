@@ -46,6 +46,31 @@ def test_study_table_is_one_row_per_setting_with_intervals(bench, tmp_path, caps
     assert lines[3] == "| 3.0 | 1 | 20.00 | 4.00 | 6.90 | task-1 |"
 
 
+
+def test_study_contrasts_are_paired_by_seed_and_refuse_a_saturated_mi(bench, tmp_path, capsys):
+    runs = []
+    # Vanilla (no phase 1, no deletion) against phase 1 with 15% deletion, lambda 0.5, seeds 0-2: the
+    # paired IW-NLL differences are -3, -4, -5 (mean -4, s = 1), however far apart the seeds' levels are.
+    for seed, level in enumerate((40.0, 50.0, 60.0)):
+        # A lambda-3 vanilla row too, so lambda varies (report.csv keeps only varied settings); its
+        # contrasts lack their other side and are left out.
+        rows = ((0, 0.0, 0.5, 0.0, False), (300, 0.15, 0.5, seed + 3.0, seed == 2), (0, 0.0, 3.0, 0.0, False))
+        for index, (steps, deletion, free_bits, gain, saturated) in enumerate(rows):
+            settings = (f"seed: {seed}\nphases:\n  - {{steps: {steps}, deletion_rate: {deletion}}}\n"
+                        f"  - {{free_bits: {free_bits}, deletion_rate: {deletion}}}\n")
+            metrics = {key: 0.0 for key, _ in bench("bench_study").CONTRAST_METRICS}
+            metrics.update({"iw_nll": level - gain, "mi_dataset": 5.0, "mi_saturated": saturated})
+            runs.append(write_run(tmp_path / "runs", f"task-{3 * seed + index}", settings, metrics))
+    write_report(runs, tmp_path / "report")
+    bench("bench_study").print_contrasts(tmp_path / "report" / "report.csv")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| phase 1") or line.startswith("| lambda")]
+    half = 4.3027 / math.sqrt(3)
+    assert len(lines) == 1 and lines[0].startswith("| phase 1 with 15% deletion vs none, lambda 0.5 (n = 3) | ")
+    cells = lines[0].split(" | ")
+    assert cells[1] == f"**-4.00 [{-4 - half:.2f}, {-4 + half:.2f}]**" and cells[3] == "saturated"  # bold: excludes 0
+    assert cells[2] == "+0.00 [0.00, 0.00]" and cells[5] == "-"  # -ELBO equal; BLEU absent from the fixture
+
+
 def test_rate_table_sorts_by_target_and_reads_the_training_rate(bench, tmp_path, capsys):
     runs = []
     for index, target in enumerate((16, 4)):
