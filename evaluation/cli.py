@@ -242,7 +242,7 @@ def _loaded_model(model_dir: Path, device: torch.device, requested: str, batch: 
     placement = decision
     logger.info("placement: %s (%s requested) on %d rank(s)", placement, requested, world_size)
     if placement == "replica":
-        yield Seq2SeqVAE.from_pretrained(model_dir).to(device), placement
+        yield Seq2SeqVAE.from_pretrained(model_dir, device=device), placement
         return
     module, engine = load_zero3(model_dir)
     yield module, placement

@@ -410,8 +410,13 @@ class Seq2SeqVAE(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, **backbone_kwargs) -> "Seq2SeqVAE":
-        """Loads a directory written by `save_pretrained`; never unpickles (pickle-format weights are refused)."""
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None,
+                        **backbone_kwargs) -> "Seq2SeqVAE":
+        """Loads a directory written by `save_pretrained`; never unpickles (pickle-format weights are refused).
+
+        `device`: where the model goes before the build-time checks run, so the z check's forward pass
+        runs there (for an 11B model, a GPU forward instead of a CPU one); None keeps it on the CPU.
+        """
         directory = Path(directory)
         config = saved_vae_config(directory)
         refuse_pickled_weights(directory)
@@ -424,6 +429,6 @@ class Seq2SeqVAE(nn.Module):
         missing = [k for k in missing if not k.startswith("backbone.")]
         if missing or unexpected:
             raise ValueError(f"{directory / HEADS_FILE}: missing {missing}, unexpected {unexpected}")
-        vae = vae.to(backbone.dtype).eval()  # as transformers' from_pretrained returns its models
+        vae = vae.to(device=device, dtype=backbone.dtype).eval()  # eval(): as transformers' from_pretrained
         check_model(vae)
         return vae
