@@ -18,6 +18,7 @@ import contextlib
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -74,6 +75,37 @@ def on_cpu() -> bool:
     return get_accelerator().device_name() == "cpu"
 
 
+def install_extensions_dir(prefix: str | Path | None = None) -> Path | None:
+    """Where JIT-compiled DeepSpeed ops of this install go: PREFIX/share/seq2vae/torch_extensions/<key>.
+
+    torch's default (~/.cache/torch_extensions/py311_cu124) is shared by every environment under one
+    home directory whatever its torch and DeepSpeed versions, so two virtualenvs of a cluster user
+    overwrite each other's builds and each rebuilds (about 90 s on 2 CPU cores, minutes for the CUDA
+    ops) when the other ran last. Keyed by Python, accelerator, torch and DeepSpeed, under the
+    environment's own prefix (`sys.prefix`), an op is built once per install. None when that prefix is
+    not writable (a shared read-only install): torch's default then applies.
+    """
+    import deepspeed
+
+    accelerator = f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu"
+    key = (f"py{sys.version_info.major}{sys.version_info.minor}_{accelerator}_torch{torch.__version__}"
+           f"_deepspeed{deepspeed.__version__}").replace("+", "-")
+    directory = Path(sys.prefix if prefix is None else prefix) / "share" / "seq2vae" / "torch_extensions" / key
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return directory if os.access(directory, os.W_OK) else None
+
+
+def use_install_extensions_dir() -> None:
+    """Sets TORCH_EXTENSIONS_DIR to `install_extensions_dir()` unless the user set it (theirs wins)."""
+    if "TORCH_EXTENSIONS_DIR" not in os.environ:
+        directory = install_extensions_dir()
+        if directory is not None:
+            os.environ["TORCH_EXTENSIONS_DIR"] = str(directory)
+
+
 def init_world(timeout_s: int) -> World:
     """Initialises torch.distributed through DeepSpeed (gloo on CPU, NCCL on GPU), once per process.
 
@@ -87,6 +119,7 @@ def init_world(timeout_s: int) -> World:
     import deepspeed
 
     check_deepspeed_version(deepspeed.__version__)
+    use_install_extensions_dir()  # before the first op (the CPU all-reduce, fused Adam) is built
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from seq2vae.distributed import check_deepspeed_version
+from seq2vae.distributed import check_deepspeed_version, install_extensions_dir, use_install_extensions_dir
 
 WORKER = str(Path(__file__).with_name("world_worker.py"))
 LAUNCHES = 4
@@ -57,3 +57,25 @@ def test_deepspeed_older_than_the_tested_minimum_is_refused():
     check_deepspeed_version("0.20.1")
     with pytest.raises(RuntimeError, match=r"DeepSpeed 0.16.4 is older than 0.19.8.*pip install 'deepspeed>=0.19.8,<0.20'"):
         check_deepspeed_version("0.16.4")
+
+
+def test_compiled_ops_go_under_the_install_keyed_by_versions(tmp_path, monkeypatch):
+    import deepspeed
+    import torch
+
+    directory = install_extensions_dir(tmp_path)
+    assert directory is not None and directory.is_dir()
+    assert directory.parent == tmp_path / "share" / "seq2vae" / "torch_extensions"
+    assert f"torch{torch.__version__}".replace("+", "-") in directory.name
+    assert f"deepspeed{deepspeed.__version__}" in directory.name
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a prefix that cannot hold directories: torch's default stays
+    assert install_extensions_dir(blocked) is None
+
+    monkeypatch.setattr("sys.prefix", str(tmp_path))
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    use_install_extensions_dir()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(directory)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/users/choice")
+    use_install_extensions_dir()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == "/users/choice"
