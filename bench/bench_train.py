@@ -202,13 +202,15 @@ def zero3_memory(tokenizer_dir: Path, d_model: int, layers: int, precision: str,
 REPO = Path(__file__).resolve().parents[1]
 
 
-def probe_run(import_root: Path, workdir: Path, name: str, shards: Path, tokenizer_dir: Path, steps: int) -> dict:
-    """One world-of-one training run of the code under `import_root`, measured by bench/step_probe.py."""
+def probe_report(import_root: Path, workdir: Path, name: str, shards: Path, tokenizer_dir: Path, steps: int,
+                 extra: tuple[str, ...] = ()) -> dict:
+    """bench/step_probe.py's report of one world-of-one training run of the code under `import_root`
+    (`extra` overrides last)."""
     out = workdir / f"{name}.json"
     overrides = [
         f"data.train={shards}", f"model.tokenizer={tokenizer_dir}", f"run_dir={workdir / name}", "resume=never",
         "phases.0.steps=2", f"phases.1.steps={steps - 2}", "logging.every_steps=5", "checkpoint.every_steps=1000",
-        "validation.every_steps=0", "validation.max_batches=1", "data.micro_batch_size=16",
+        "validation.every_steps=0", "validation.max_batches=1", "data.micro_batch_size=16", *extra,
     ]
     env = {**os.environ, "PYTHONPATH": str(import_root), "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, str(REPO / "bench" / "step_probe.py"), str(out), str(REPO / "configs" / "debug-zero2.yaml"),
@@ -216,7 +218,12 @@ def probe_run(import_root: Path, workdir: Path, name: str, shards: Path, tokeniz
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{name}: {(done.stdout + done.stderr)[-3000:]}")
-    report = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def probe_run(import_root: Path, workdir: Path, name: str, shards: Path, tokenizer_dir: Path, steps: int) -> dict:
+    """Host syncs and step time of plain steps in one run (`probe_report`)."""
+    report = probe_report(import_root, workdir, name, shards, tokenizer_dir, steps)
     plain = [step for step in report["steps"][1:] if step["plain"]]
     return {
         "own_syncs": statistics.median(step["own_syncs"] for step in plain),
@@ -261,6 +268,16 @@ def bench_host_syncs(workdir: Path, before: str, steps: int) -> None:
     ratio = statistics.median(r["step_s"] for r in results["after"]) / statistics.median(r["step_s"] for r in results["before"])
     print(f"host syncs  plain-step time after / before: {ratio:.3f}x "
           "(CPU: a sync costs nothing here; the count is the GPU's cost)")
+    # A 2-step run at the default validation.max_batches (20): the end-of-run validation's share of it.
+    shares = {}
+    for name in ("before", "after", "before", "after"):
+        report = probe_report(roots[name], workdir, f"short-{name}-{len(shares.get(name, []))}", shards,
+                              workdir / "tokenizer", 2, ("phases.1.steps=0", "validation.max_batches=20"))
+        shares.setdefault(name, []).append((sum(report["validate_s"]), report["fit_s"]))
+    for name, runs in shares.items():
+        validation, fit = (statistics.median(values) for values in zip(*runs))
+        print(f"short run   {name:6s}: a 2-step run with validation.max_batches=20: validation {validation:.2f} s of "
+              f"{fit:.2f} s ({validation / fit:.0%}; median of 2 runs)")
     for config in ("t5-base-recipe", "quickstart", "flan-t5-xl-1node"):
         import yaml
 

@@ -162,6 +162,7 @@ class StepProbe:
         self.clocks = {name: _Clock(self.device) for name in ("forward", "backward", "optimizer")}
         self.steps: list[dict] = []  # per optimizer step: syncs, host_waits_s, data_s, step_s, logging
         self.save_s: list[float] = []
+        self.validate_s: list[float] = []
         self.real_tokens = self.padded_tokens = 0  # source tokens of every batch read
         self._micro_marks: dict[str, int] = {}
         self._stack = contextlib.ExitStack()
@@ -226,7 +227,10 @@ class StepProbe:
             def validate():
                 if self._current is not None:
                     self._current["validated"] = True
-                return original()
+                started = time.perf_counter()
+                metrics = original()
+                self.validate_s.append(time.perf_counter() - started)
+                return metrics
 
             return validate
 
@@ -299,6 +303,7 @@ class StepProbe:
             "split_s_per_step": split,
             "timing": "cuda events" if self.device.type == "cuda" else "host clock",
             "save_s": self.save_s,
+            "validate_s": self.validate_s,
             "padding_share": 1 - self.real_tokens / self.padded_tokens if self.padded_tokens else None,
             "sync_callers": dict(sorted(self.syncs.by_caller.items(), key=lambda item: -item[1])[:15]),
         }
@@ -310,8 +315,11 @@ def main(out: str, config_path: str, *overrides: str) -> None:
 
     trainer = Trainer(load_train_config(config_path, list(overrides)))
     with StepProbe(trainer, warmup_steps=1) as probe:
+        started = time.perf_counter()
         summary = trainer.fit()
+        fit_s = time.perf_counter() - started
     report = probe.report()
+    report["fit_s"] = fit_s  # the steps, saves and validations: the run after start-up
     report["steps"] = probe.steps
     report["losses"] = summary["losses"]
     Path(out).write_text(json.dumps(report, indent=2) + "\n")

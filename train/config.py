@@ -147,7 +147,9 @@ class LoggingConfig:
 @dataclass
 class ValidationConfig:
     every_steps: int = doc(500, "validate every N steps (0 = only at the end)")
-    max_batches: int = doc(20, "validation batches per rank")
+    max_batches: int = doc(
+        20, "validation batches per rank (at most the run's total steps, so a short run is not mostly validation)"
+    )
     iw_samples: int = doc(5, "importance samples K per sentence for the IW-NLL estimate (each costs a decoder pass)")
     mi_mini_batch_size: int = doc(
         32, "M of the mini-batch MI estimate: equal-length groups of at most M (He et al. 2019; capped at log M)"

@@ -450,7 +450,11 @@ class Trainer:
         settings = self.config.validation
         source = self.config.data.valid or self.config.data.train
         micro, world = self.config.data.micro_batch_size, self.world.size
-        wanted = settings.max_batches * micro * world
+        # Never more batches than the run has steps: a validation batch (forward only, K importance
+        # samples) costs about what a step does, so a short run (a smoke test, a 2-step probe) is not
+        # mostly validation (20 batches were two thirds of a 2-step run). Runs of >= max_batches steps
+        # are unaffected; every validation of a run uses the same batches.
+        wanted = min(settings.max_batches, self.config.total_steps) * micro * world
         try:
             samples = list(itertools.islice(read_split(source, "valid"), wanted))
         except (OSError, ValueError) as error:
