@@ -37,6 +37,7 @@ from .study_groups import (
     group_runs,
     grouping_settings,
     has_repeats,
+    short_key,
 )
 from .study_runs import StudyRun, load_runs, varied_settings
 
@@ -98,7 +99,7 @@ def report_rows(runs: list[StudyRun]) -> tuple[list[str], list[dict[str, Any]]]:
 
 def _setting_label(run: StudyRun, settings: list[str]) -> str:
     """The run's name and its first varied settings by their last two key parts ('task-3: 1.free_bits=3')."""
-    shown = ", ".join(f"{'.'.join(key.split('.')[-2:])}={format_value(run.settings.get(key))}" for key in settings[:3])
+    shown = ", ".join(f"{short_key(key)}={format_value(run.settings.get(key))}" for key in settings[:3])
     return f"{run.name}: {shown}" if shown else run.name
 
 

@@ -21,7 +21,7 @@ from .options import JobOptions, Layout, resolve_layout, resolve_resources
 from .run_config import TRAINER_MODULE, check_config_file, read_run_facts
 from .signal_lead import SignalLead, signal_lead
 from .sweep import read_sweep_table
-from .waves import SweepWave, array_spec, init_from_sources, sweep_waves
+from .waves import SweepWave, array_spec, init_from_sources, row_value, sweep_waves
 
 JobKind = Literal["train", "eval", "sweep"]
 JOB_KINDS: tuple[str, ...] = ("train", "eval", "sweep")
@@ -99,7 +99,7 @@ def render_job(
             raise ConfigError(f"sweep table '{sweep_table}' has {len(waves)} waves, not a wave {wave}")
         sweep_wave = waves[wave or 0]
         selected = list(sweep_wave.rows)
-        run_dirs = [_run_dir_of(rows[i]) for i in selected]
+        run_dirs = [row_value(rows[i], "run_dir") for i in selected]
         kind_values["sweep_table"] = str(Path(sweep_table).resolve())
         kind_values["sweep_rows"] = "\n".join(f"    {i}) ROW=({_bash_words(rows[i])}) ;;" for i in selected)
     else:
@@ -138,10 +138,6 @@ def render_sweep(
     first = render_job("sweep", config, overrides, options, sweep_table, wave=0)
     assert first.wave is not None
     return [first] + [render_job("sweep", config, overrides, options, sweep_table, wave=k) for k in range(1, first.wave.count)]
-
-
-def _run_dir_of(row: list[str]) -> str:
-    return next(item.split("=", 1)[1] for item in row if item.startswith("run_dir="))
 
 
 def _warning_lead(kind: str, options: JobOptions, run_dirs: list[str], workdir: Path,

@@ -31,7 +31,7 @@ class SweepWave:
     count: int  # waves in the sweep
 
 
-def _value(row: list[str], key: str) -> str | None:
+def row_value(row: list[str], key: str) -> str | None:
     """The value a row's `key=value` overrides give `key` (the last one wins, as in the config loader)."""
     values = [item.split("=", 1)[1] for item in row if item.startswith(f"{key}=")]
     return values[-1] if values else None
@@ -44,10 +44,10 @@ def init_from_sources(rows: list[list[str]], table: str | Path) -> list[int | No
     and row when a row starts from itself or from a row after it: a table is run in its order (the
     local sweep) or in waves, and neither can run a row before its source, so no cycle can pass either.
     """
-    run_dirs = {os.path.normpath(_value(row, "run_dir") or ""): index for index, row in enumerate(rows)}
+    run_dirs = {os.path.normpath(row_value(row, "run_dir") or ""): index for index, row in enumerate(rows)}
     sources: list[int | None] = []
     for index, row in enumerate(rows):
-        init_from = _value(row, INIT_FROM_KEY)
+        init_from = row_value(row, INIT_FROM_KEY)
         source = run_dirs.get(os.path.normpath(init_from)) if init_from else None
         if source is not None and source >= index:
             named = "its own run directory" if source == index else f"row {source}'s run directory, which comes after it"
