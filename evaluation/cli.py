@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             with _loaded_model(model_dir, device, args.placement, batch) as (vae, placement):
                 logger.info("evaluating %d sentences from %s with K=%d", len(samples), args.data, config.iw_samples)
                 learned_priors = saved_priors(model_dir)  # sampled beside N(0, I) when `seq2vae fit-prior` saved any
-                result = evaluate(vae, samples, config, learned_prior=learned_priors)
+                result = evaluate(vae, samples, config, learned_priors=learned_priors)
         except (FileNotFoundError, ValueError) as error:
             raise _as_user_error(error) from error
         if rank != 0:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -510,14 +510,14 @@ def _score_all_sentences(vae, samples: list[dict], config: EvalConfig) -> tuple[
     return stats, hypotheses
 
 
-def evaluate(model, samples: list[dict], config: EvalConfig | None = None, learned_prior=None) -> dict:
+def evaluate(model, samples: list[dict], config: EvalConfig | None = None, learned_priors: Sequence = ()) -> dict:
     """Every metric on `samples` (the same list, same order, on every rank).
 
     Args:
         model: a Seq2SeqVAE (or a wrapper with `.module`).
         samples: dicts {"input_ids": int array ending in EOS, "text": str, "meta": dict}.
-        learned_prior: a prior fitted to the aggregate posterior (`seq2vae.model.prior`), or a list of
-            them, sampled beside N(0, I) and reported side by side; None for N(0, I) alone.
+        learned_priors: priors fitted to the aggregate posterior (`seq2vae.model.prior`), each sampled
+            beside N(0, I) and reported side by side; empty for N(0, I) alone.
     Returns: {"metrics": flat scalars, "reconstruction", "probes", "prior_samples" (N(0, I)),
         "samples_by_prior", "interpolations", "notes", "config", "world_size"}, identical on every rank.
         When the texts are the synthetic corpus, metrics include its ground truth (diagnostics.py).
@@ -546,8 +546,7 @@ def evaluate(model, samples: list[dict], config: EvalConfig | None = None, learn
             notes.append(
                 f"{num_truncated} of {len(samples)} sentences were truncated: their per-word count covers the kept tokens only"
             )
-        learned = learned_prior if isinstance(learned_prior, (list, tuple)) else [learned_prior] * (learned_prior is not None)
-        priors = [StandardNormalPrior(vae.config.latent_dim), *learned]
+        priors = [StandardNormalPrior(vae.config.latent_dim), *learned_priors]
         samples_by_prior, interpolations = _prior_and_interpolations(vae, stats["mu"], samples, config, priors)
     for name, texts in samples_by_prior.items():
         metrics[f"prior_{name}_distinct"] = len(set(texts)) / len(texts) if texts else None

@@ -116,8 +116,11 @@ def saved_prior(directory: str | Path, kind: str = "auto"):
     """The learned prior of `kind` ("gmm", "flow"; "auto": the mixture when there is one, else the flow)
     saved in a model directory, or None. The mixture wins "auto" because it measured better samples
     on the synthetic corpus at the same held-out density (bench/RESULTS.md)."""
-    priors = [prior for prior in saved_priors(directory) if kind in ("auto", prior.name)]
-    return priors[0] if priors else None
+    directory = Path(directory)
+    for name, (file, kind_class) in LEARNED_PRIORS.items():
+        if kind in ("auto", name) and (directory / file).is_file():
+            return kind_class.load(directory)
+    return None
 
 
 def fit_gaussian_mixture(

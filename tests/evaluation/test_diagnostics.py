@@ -170,7 +170,7 @@ def test_evaluate_reports_the_diagnostics_and_both_priors_side_by_side(t5, t5_sa
     assert prior.record["num_sentences"] == 20 and prior.temperature == 0.5
     config = EvalConfig(iw_samples=3, batch_size=8, max_reconstructions=0, num_prior_samples=3, num_interpolations=1,
                         interpolation_steps=3, max_new_tokens=8, free_bits=0.5)
-    result = evaluate(t5, t5_samples, config, learned_prior=prior)
+    result = evaluate(t5, t5_samples, config, learned_priors=[prior])
     metrics = result["metrics"]
     assert set(result["samples_by_prior"]) == {"standard_normal", "gmm"}
     assert result["prior_samples"] == result["samples_by_prior"]["standard_normal"]
