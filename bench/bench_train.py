@@ -10,7 +10,14 @@
    (default main), each a world of one on the debug ZeRO-2 config; and the padding share of the
    shipped configs' batches with and without length bucketing.
 
-    python bench/bench_train.py [--d-model 256] [--layers 4] [--steps 20] [--only syncs] [--before main]
+4. One rank without ZeRO machinery (`deepspeed: auto`): fp32 stage 0 (the `single` preset with the
+   step guard) against ZeRO-2, and in bf16 DeepSpeed's BF16_Optimizer (`zero1`, its only other bf16
+   path with fp32 accumulation) against ZeRO-2, which decides what auto runs on one bf16 rank. Each a
+   real one-rank training run of a `--d-model` backbone under bench/step_probe.py, interleaved: median
+   plain-step time, host syncs per plain step (on CPU host tensors count too, e.g. torch AdamW's
+   per-parameter step counters, which stay on the host on a GPU) and the run's peak RSS.
+
+    python bench/bench_train.py [--d-model 256] [--layers 4] [--steps 20] [--only syncs|single] [--before main]
 
 CPU by default (DS_ACCELERATOR=cpu, gloo); the ZeRO-3 half runs this file under torchrun.
 """
@@ -287,12 +294,57 @@ def bench_host_syncs(workdir: Path, before: str, steps: int) -> None:
               f"bucketing, {on:.3f} with (synthetic corpus)")
 
 
+# ------------------------------------------------------------------------------------ one rank, no ZeRO
+def bench_single_rank(tokenizer, workdir: Path, d_model: int, layers: int, steps: int) -> None:
+    from transformers import T5ForConditionalGeneration
+
+    from seq2vae.data.shards import write_shards
+    from seq2vae.data.synthetic import write_jsonl
+
+    torch.manual_seed(0)
+    backbone = workdir / "backbone"
+    model = T5ForConditionalGeneration(backbone_config(tokenizer, d_model, layers))
+    with torch.no_grad():  # transformers 5 ties T5's head whatever the config says: its own values, as Flan-T5's
+        model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight) * 0.05)
+    model.save_pretrained(backbone)
+    tokenizer.save_pretrained(backbone)
+    corpus = write_jsonl(workdir / "corpus.jsonl", 4000, seed=1)
+    shards = workdir / "shards"
+    write_shards([str(corpus)], shards, str(workdir / "tokenizer"), valid_fraction=0.05, shard_size=1000, progress=False)
+    from revisions import this_checkout
+
+    root = this_checkout(workdir / "checkout")
+    pairs = {"fp32": ("single", "zero2"), "bf16": ("zero1", "zero2")}
+    for precision, presets in pairs.items():
+        runs: dict[str, list[dict]] = {}
+        for preset in (*presets, *presets):  # interleaved: drift hits both alike
+            name = f"{precision}-{preset}-{len(runs.get(preset, []))}"
+            report = probe_report(root, workdir, name, shards, workdir / "tokenizer", steps, (
+                f"model.backbone={backbone}", f"deepspeed={preset}", f"precision={precision}", "logging.every_steps=1000"))
+            plain = [step for step in report["steps"][1:] if step["plain"]]
+            rss = max(m.get("memory/max_rss_gib", 0.0) for m in map(json.loads, (workdir / name / "metrics.jsonl").open()))
+            optimizer = json.loads(next((workdir / name / "checkpoints").glob("step_*/manifest.json")).read_text())["optimizer"]
+            runs.setdefault(preset, []).append({
+                "step_s": statistics.median(step["step_s"] for step in plain), "rss_gib": rss, "optimizer": optimizer,
+                "syncs": statistics.median(step["syncs"] for step in plain),
+            })
+        for preset, measured in runs.items():
+            print(f"one rank    {precision} {preset:6s} ({measured[0]['optimizer']}): plain step "
+                  f"{statistics.median(r['step_s'] for r in measured) * 1e3:.0f} ms, syncs per plain step "
+                  f"{measured[0]['syncs']:.0f}, peak RSS {statistics.median(r['rss_gib'] for r in measured) * 1024:.0f} MiB "
+                  f"(median of 2 runs)")
+        lean, zero2 = (runs[preset] for preset in presets)
+        speed = statistics.median(r["step_s"] for r in zero2) / statistics.median(r["step_s"] for r in lean)
+        extra = (statistics.median(r["rss_gib"] for r in lean) - statistics.median(r["rss_gib"] for r in zero2)) * 1024
+        print(f"one rank    {precision}: {presets[0]} is {speed:.3f}x the speed of ZeRO-2, peak RSS {extra:+.0f} MiB against it")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--only", choices=["steps", "memory", "syncs"], help="run one section")
+    parser.add_argument("--only", choices=["steps", "memory", "syncs", "single"], help="run one section")
     parser.add_argument("--before", default="main", help="revision the host-sync section compares against")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
@@ -311,6 +363,9 @@ def main() -> None:
               f"batch {BATCH_SIZE} x {SEQUENCE_LENGTH} tokens; latent {LATENT_DIM}; threads {torch.get_num_threads()}")
         if args.only == "syncs":
             bench_host_syncs(workdir, args.before, args.steps)
+            return
+        if args.only == "single":
+            bench_single_rank(tokenizer, workdir, args.d_model, args.layers, args.steps)
             return
         timing = bench_step_time(tokenizer, args.d_model, args.layers, args.steps)
         print(f"step time   VAE {timing['vae_step_s'] * 1e3:.1f} ms  seq2seq {timing['seq2seq_step_s'] * 1e3:.1f} ms  "

@@ -1,4 +1,5 @@
-"""A ZeRO-1/2/3 checkpoint -> one state dict, built parameter by parameter, lean on host memory.
+"""A DeepSpeed checkpoint (ZeRO-1/2/3, BF16_Optimizer, no ZeRO) -> one state dict, built parameter by
+parameter, lean on host memory.
 
 Computes what DeepSpeed's `get_fp32_state_dict_from_zero_checkpoint` (deepspeed/utils/zero_to_fp32.py,
 0.19) returns, the same values bit for bit (tests/train/test_consolidate.py compares them on real
@@ -28,6 +29,16 @@ The layouts, as DeepSpeed writes them:
   world-size shares of ceil(numel / world size) (the last one padded), rank r holding share r of
   each, in `param_shapes` order across its groups.
 
+- DeepSpeed's BF16_Optimizer (stage 1 with bf16 and fp32 gradient accumulation): rank r's
+  `bf16_zero_pp_rank_r_mp_rank_00_optim_states.pt` holds `single_partition_of_fp32_groups` without a
+  `zero_stage` entry (DeepSpeed's zero_to_fp32 refuses these files): group g's parameters flattened
+  contiguously in `param_shapes` order (no per-parameter padding), the group padded at its end to a
+  multiple of 2 x world size (`group_paddings`: the padding inside each rank's slice, all on the last
+  rank) and cut into one slice per rank.
+- No ZeRO (stage 0): `mp_rank_00_model_states.pt` alone, its `module` the whole fp32 state dict
+  (parameters, tied aliases sharing one storage, persistent buffers) and `optimizer` the torch
+  optimizer's own state; returned as stored, in the requested dtype, aliases as one tensor.
+
 The state dict lists buffers, then frozen parameters, then the optimizer's parameters (one frozen
 when the checkpoint was written is in both lists: the optimizer's fp32 copy is its value, as in
 DeepSpeed), then the aliases of shared parameters, which are the same tensor as their source.
@@ -53,6 +64,7 @@ from deepspeed.checkpoint.constants import (
     FP32_FLAT_GROUPS,
     FROZEN_PARAM_FRAGMENTS,
     FROZEN_PARAM_SHAPES,
+    GROUP_PADDINGS,
     OPTIMIZER_STATE_DICT,
     PARAM_ALIGNMENT_PADDINGS,
     PARAM_SHAPES,
@@ -85,6 +97,7 @@ class OptimStates:
     world_size: int
     flat_groups: list[list[torch.Tensor]]  # [rank][param group]
     alignment_paddings: list[list[int]] | None  # [param group][parameter], ZeRO-1/2 only
+    group_paddings: list[list[int]] | None = None  # [rank][param group]: BF16_Optimizer only
 
 
 class Concatenation:
@@ -156,7 +169,27 @@ def _model_states(path: Path, state: Any) -> ModelStates:
     )
 
 
+def _is_bf16_optimizer(state: Any) -> bool:
+    inner = state.get(OPTIMIZER_STATE_DICT) if isinstance(state, dict) else None
+    return isinstance(inner, dict) and ZERO_STAGE not in inner and {SINGLE_PARTITION_OF_FP32_GROUPS, GROUP_PADDINGS} <= set(inner)
+
+
+def _bf16_optim_states(paths: list[Path], states: list[Any]) -> OptimStates:
+    for path, state in zip(paths, states, strict=True):
+        if not _is_bf16_optimizer(state):
+            raise ValueError(f"{path} is not a BF16_Optimizer state file like {paths[0].name}")
+    counts = states[0][OPTIMIZER_STATE_DICT][PARTITION_COUNT]
+    world_size = max(counts) if isinstance(counts, list) else int(counts)
+    if world_size != len(paths):
+        raise ValueError(f"{paths[0].parent}: written by {world_size} ranks but holds {len(paths)} *_optim_states.pt files")
+    inner = [state[OPTIMIZER_STATE_DICT] for state in states]
+    return OptimStates(1, world_size, [list(s[SINGLE_PARTITION_OF_FP32_GROUPS]) for s in inner], None,
+                       [list(s[GROUP_PADDINGS]) for s in inner])
+
+
 def _optim_states(paths: list[Path], states: list[Any]) -> OptimStates:
+    if _is_bf16_optimizer(states[0]):
+        return _bf16_optim_states(paths, states)
     for path, state in zip(paths, states, strict=True):
         if not isinstance(state, dict) or ZERO_STAGE not in state.get(OPTIMIZER_STATE_DICT, {}):
             raise ValueError(f"{path} is not a ZeRO optimizer state file (no {OPTIMIZER_STATE_DICT}.{ZERO_STAGE})")
@@ -231,6 +264,44 @@ def _zero12_parameters(model: ModelStates, optim: OptimStates, writer: Writer, s
             raise ValueError(f"{model.path}: param group {group} lays out {offset} elements, the partitions hold {flat.numel}")
 
 
+def _bf16_optimizer_parameters(model: ModelStates, optim: OptimStates, writer: Writer, state: dict) -> None:
+    assert optim.group_paddings is not None
+    stored = optim.flat_groups[0][0].dtype
+    for group, shapes in enumerate(model.param_shapes):
+        flat = Concatenation([rank_groups[group] for rank_groups in optim.flat_groups])
+        offset = 0
+        for name, shape in shapes.items():
+            numel = math.prod(shape)
+            state[name] = writer.write(flat.slices(offset, numel), shape, stored)
+            offset += numel
+        padding = sum(rank_paddings[group] for rank_paddings in optim.group_paddings)
+        if offset + padding != flat.numel:
+            raise ValueError(f"{model.path}: param group {group} lays out {offset} elements and {padding} of padding, "
+                             f"the partitions hold {flat.numel}")
+
+
+def _stage0_state(path: Path, state: Any, writer: Writer) -> dict[str, torch.Tensor]:
+    """The module's own state dict of a checkpoint written without ZeRO, tied aliases as one tensor."""
+    module = state.get("module") if isinstance(state, dict) else None
+    if not isinstance(module, dict) or not module:
+        raise ValueError(f"{path}: a stage-0 model state file without its module's state dict")
+    written: dict[tuple, torch.Tensor] = {}
+    result = {}
+    for name, tensor in module.items():
+        where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
+        if where not in written:
+            written[where] = writer.write([tensor.reshape(-1)], tensor.shape, tensor.dtype)
+        result[name] = written[where]
+    return result
+
+
+def _is_stage0(state: Any) -> bool:
+    """Written without ZeRO: no partitions (param_shapes None) and the torch optimizer's state beside the module."""
+    if not isinstance(state, dict) or state.get(PARAM_SHAPES) is not None or not isinstance(state.get("optimizer"), dict):
+        return False
+    return int((state.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0)) == 0
+
+
 def _zero3_parameters(model: ModelStates, optim: OptimStates, writer: Writer, state: dict) -> None:
     ranks = [Concatenation(groups) for groups in optim.flat_groups]
     if len({rank.numel for rank in ranks}) != 1:
@@ -286,16 +357,22 @@ def consolidate(checkpoint: str | Path, dtype: torch.dtype = torch.float32) -> d
         return loaded[-1]
 
     model_files = _files(checkpoint, "*_model_states.pt")
-    models = [_model_states(path, load(path)) for path in model_files]
+    writer = Writer(dtype, pages)
+    first = load(model_files[0])
+    if len(model_files) == 1 and not list(checkpoint.glob("*_optim_states.pt")) and _is_stage0(first):
+        return _stage0_state(model_files[0], first, writer)
+    models = [_model_states(path, first if path == model_files[0] else load(path)) for path in model_files]
     optim_files = _files(checkpoint, "*_optim_states.pt")
     optim = _optim_states(optim_files, [load(path) for path in optim_files])
-    writer = Writer(dtype, pages)
 
     state: dict[str, Any] = {
         name: writer.write([buffer.reshape(-1)], buffer.shape, buffer.dtype) for name, buffer in models[0].buffers.items()
     }
     _frozen_parameters(models, optim, writer, state)
-    (_zero3_parameters if optim.zero_stage == 3 else _zero12_parameters)(models[0], optim, writer, state)
+    if optim.group_paddings is not None:
+        _bf16_optimizer_parameters(models[0], optim, writer, state)
+    else:
+        (_zero3_parameters if optim.zero_stage == 3 else _zero12_parameters)(models[0], optim, writer, state)
     for alias, stored in models[0].shared_params.items():
         if stored in state:
             state[alias] = state[stored]

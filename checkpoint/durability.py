@@ -82,11 +82,12 @@ def _listing(checkpoint_dir: Path) -> list[str]:
     )
 
 
-def seal_checkpoint(checkpoint_dir: Path, rank: int, world_size: int) -> None:
+def seal_checkpoint(checkpoint_dir: Path, rank: int, world_size: int, layout: dict[str, Any] | None = None) -> None:
     """Makes a freshly written checkpoint durable and complete (ALL ranks, after every rank wrote its files).
 
     Each rank fsyncs and checksums the files it owns; rank 0 then writes the manifest atomically and
     fsyncs the directory tree. Rank 0's listing is the one used, so all ranks agree on the file set.
+    `layout` (the engine's ZeRO stage and optimizer, `saving.engine_layout`) goes into the manifest.
     """
     names = gather_objects(_listing(checkpoint_dir) if rank == 0 else None)[0]
     mine = {name: checksum_file(checkpoint_dir / name, sync=True) for name in names if file_owner(name, world_size) == rank}
@@ -96,7 +97,7 @@ def seal_checkpoint(checkpoint_dir: Path, rank: int, world_size: int) -> None:
     if rank == 0:
         for directory in sorted({(checkpoint_dir / name).parent for name in names}, reverse=True):
             fsync_path(directory)  # the directory entries of the files, deepest first
-        manifest = {"version": MANIFEST_VERSION, "world_size": world_size, "files": entries}
+        manifest = {"version": MANIFEST_VERSION, "world_size": world_size, "files": entries, **(layout or {})}
         atomic_write_text(checkpoint_dir / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 

@@ -62,11 +62,16 @@ def check_reshardable(checkpoint: Path, world: World, zero_stage: int, offload: 
     if saved == world.size or (zero_stage in (1, 2, 3) and not offload):
         return
     why = "with ZeRO offload" if offload else f"at ZeRO stage {zero_stage}"
-    raise ReshardError(
-        f"checkpoint {checkpoint} was written by {saved} ranks and this job has {world.size}: resuming on another "
-        f"world size is supported for ZeRO stages 1-3 without offload, not {why}. Resume on {saved} ranks, or "
+    # Stage 0 writes no ZeRO partitions for zero_to_fp32; init_from reads any layout (consolidate.py).
+    instead = (
+        f"start a new run from its weights with model.init_from={checkpoint.parent.parent} (the optimizer state is lost)"
+        if zero_stage == 0 else
         f"consolidate the weights with `python {checkpoint.parent / 'zero_to_fp32.py'} {checkpoint.parent} OUT "
         f"--tag {checkpoint.name}` (the optimizer state is lost) and start a new run from them"
+    )
+    raise ReshardError(
+        f"checkpoint {checkpoint} was written by {saved} ranks and this job has {world.size}: resuming on another "
+        f"world size is supported for ZeRO stages 1-3 without offload, not {why}. Resume on {saved} ranks, or {instead}"
     )
 
 

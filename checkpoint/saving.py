@@ -30,8 +30,9 @@ import torch
 
 from ..config import read_yaml_mapping
 from ..distributed import World, barrier, gather_objects
+from ..errors import UserError
 from ..model.config import VAEConfig
-from .durability import DamagedCheckpointError, atomic_write_text, checkpoint_problems, seal_checkpoint
+from .durability import DamagedCheckpointError, atomic_write_text, checkpoint_problems, read_manifest, seal_checkpoint
 from .reshard import check_reshardable, restore_zero3_groups, saved_world_size, universal_checkpoint
 
 LATEST_FILE = "latest"
@@ -231,6 +232,32 @@ class PendingCheckpoint:
     best: bool = False  # name it `best` too once sealed (its validation improved on the best so far)
 
 
+class CheckpointLayoutError(UserError, RuntimeError):
+    """A checkpoint written by an engine of another ZeRO stage or optimizer than the one resuming it."""
+
+
+def engine_layout(engine) -> dict[str, Any]:
+    """What decides a checkpoint's file layout: the ZeRO stage and the optimizer wrapping AdamW
+    (DeepSpeedZeroOptimizer, DeepSpeedZeroOptimizer_Stage3, BF16_Optimizer, or stage 0's GuardedOptimizer)."""
+    return {"zero_stage": engine.zero_optimization_stage(), "optimizer": type(engine.optimizer).__name__}
+
+
+def check_same_layout(checkpoint: Path, engine) -> None:
+    """Raises CheckpointLayoutError when `checkpoint` was written by an engine of another layout: DeepSpeed
+    would fail on a missing file or key without saying why (e.g. a one-rank `deepspeed: auto` run, stage
+    0, resumed on two ranks, where auto is ZeRO-2). Checkpoints from before the manifest recorded it pass."""
+    manifest = read_manifest(checkpoint)
+    here = engine_layout(engine)
+    saved = {key: manifest[key] for key in here if key in manifest}
+    if saved and saved != here:
+        raise CheckpointLayoutError(
+            f"checkpoint {checkpoint} was written at ZeRO stage {saved.get('zero_stage')} ({saved.get('optimizer')}) and this "
+            f"run builds stage {here['zero_stage']} ({here['optimizer']}): resume with the `deepspeed` and `precision` "
+            f"the run was started with (its config.yaml; `deepspeed: auto` depends on the number of ranks), or start a "
+            f"new run from its weights with model.init_from={checkpoint.parent.parent}"
+        )
+
+
 def save_checkpoint(
     engine,
     checkpoints_dir: Path,
@@ -287,7 +314,8 @@ def finish_checkpoint(engine, pending: PendingCheckpoint, checkpoints_dir: Path,
     if wait is not None:
         wait()
     barrier()  # every rank has written its shard
-    seal_checkpoint(pending.path, world.rank, world.size)  # fsync + manifest: the checkpoint is now complete
+    # fsync + manifest: the checkpoint is now complete
+    seal_checkpoint(pending.path, world.rank, world.size, engine_layout(engine))
     if world.is_main:
         atomic_write_text(checkpoints_dir / LATEST_FILE, pending.path.name + "\n")
         if pending.best:  # before pruning, which protects what `best` names
@@ -320,6 +348,7 @@ def load_checkpoint(engine, path: Path, world: World) -> tuple[dict[str, Any], d
         getattr(getattr(settings, "device", None), "value", "none") != "none"
         for settings in (engine.zero_offload_optimizer(), engine.zero_offload_param())
     )
+    check_same_layout(path, engine)
     check_reshardable(path, world, engine.zero_optimization_stage(), offload)
     resharding = saved_world != world.size
     if resharding:

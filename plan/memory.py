@@ -7,6 +7,8 @@ gradients accumulated in fp32 (`data_types.grad_accum_dtype`), AdamW (two fp32 m
         without `bf16.immediate_grad_update` they are zeroed, not freed) + 4 P fp32 gradient buffer
         (full size, `fp32_groups_gradients_flat`) + 4 P/W fp32 master partition + 8 P/W moments
     stage 1, fp32: p P params + 4 P gradients (param.grad) + 4 P/W master + 8 P/W moments
+    stage 0 (fp32 only; `single`, what `deepspeed: auto` runs on one fp32 rank): 4 P params (their
+        own masters) + 4 P gradients (param.grad) + 8 P moments, on every rank
     stage 2 (stage_1_and_2.py): p P params + 4 P/W fp32 gradient partition + 4 P/W master + 8 P/W
         moments + reduce buckets (`reduce_bucket_size` elements in p bytes, two with overlap_comm)
     stage 3 (stage3.py): p sum_i ceil(P_i/W) parameter partitions + p P_persist persistent
@@ -132,6 +134,10 @@ def model_state_bytes(shape: ModelShape, zero: ZeroSetting, world_size: int, pre
     """Per-rank model-state bytes of `shape` under `zero` on `world_size` ranks (see module doc)."""
     p_bytes = 2 if precision == "bf16" else 4
     total = shape.parameters
+    if zero.stage == 0:
+        if precision == "bf16":
+            raise ValueError("zero_optimization.stage 0 runs fp32 only (train/ds_config.py refuses bf16)")
+        return ModelStateBytes(4 * total, 4 * total, 8 * total, 0, 0)
     if zero.stage in (1, 2):
         partition = math.ceil(total / world_size)
         parameters = p_bytes * total
@@ -149,7 +155,7 @@ def model_state_bytes(shape: ModelShape, zero: ZeroSetting, world_size: int, pre
             optimizer = 0
         return ModelStateBytes(parameters, gradients, optimizer, buckets, host)
     if zero.stage != 3:
-        raise ValueError(f"zero_optimization.stage {zero.stage}: the planner covers stages 1, 2 and 3")
+        raise ValueError(f"zero_optimization.stage {zero.stage}: the planner covers stages 0, 1, 2 and 3")
     partition = stage3_partition_elements(shape, world_size)
     parameters = p_bytes * partition
     persistent = p_bytes * persistent_elements(shape, zero.persistence_threshold)

@@ -4,6 +4,7 @@
     ds_config.py    resolve_ds_config: fills "auto", checks batch arithmetic, rejects unknown keys
     schedules.py    beta_at / lr_at, pure functions of the step
     engine.py       the DeepSpeed engine around a Seq2SeqVAE (built under zero.Init for ZeRO-3)
+    guarded_step.py stage 0 (no ZeRO): clipping and the non-finite skip ZeRO's optimizers have
     freezing.py     per-phase freezing of parameter groups on one engine
     trainer.py      Trainer (train_step, validate, save, resume) and run(config) -> summary dict
     signals.py      SIGUSR1/SIGTERM -> save and exit REQUEUE_EXIT_CODE (75)

@@ -171,7 +171,9 @@ class TrainConfig:
     logging: LoggingConfig = doc(default_factory=LoggingConfig, help="logging")
     validation: ValidationConfig = doc(default_factory=ValidationConfig, help="periodic validation")
     deepspeed: str = doc(
-        "zero2", "DeepSpeed config: a JSON path, or a packaged name: zero1, zero2, zero3, zero3_offload"
+        "auto",
+        "DeepSpeed config: a JSON path, or a packaged name: auto (zero2, but single on one fp32 rank), single "
+        "(stage 0, no ZeRO; fp32 only), zero1, zero2, zero3, zero3_offload",
     )
     precision: Literal["bf16", "fp32"] = doc("bf16", "parameter/activation precision (fp16 is not offered: T5 overflows)")
     resume: str = doc("auto", "auto: continue from RUN_DIR/checkpoints/latest if any; never; or a checkpoint path")

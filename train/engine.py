@@ -25,6 +25,7 @@ from ..model.invariants import check_model
 from .config import TrainConfig
 from .ds_config import resolved_ds_config
 from .freezing import optimizer_param_groups, skip_frozen_groups
+from .guarded_step import install_guarded_step
 
 
 @dataclass
@@ -86,6 +87,8 @@ def build_engine(config: TrainConfig, world: World, ds_config_path: Path | None 
         install_background_writer(engine)
     optimizer = engine.basic_optimizer
     skip_frozen_groups(optimizer)
+    if stage == 0:  # without ZeRO nothing would drop a step with non-finite gradients
+        install_guarded_step(engine, config.optim.gradient_clipping)
     # After initialize: ZeRO-3's forward hooks gather parameters from here on (all ranks run it).
     check_model(vae, parameter_reader(stage))
     return Engine(engine, vae, groups, optimizer, ds_config, stage, hf_ds_config)

@@ -1,4 +1,5 @@
-"""Asynchronous checkpoints with real ranks: 2-process torchrun ZeRO-2 and ZeRO-3 runs on CPU (gloo).
+"""Asynchronous checkpoints with real ranks: 2-process torchrun ZeRO-2, ZeRO-3 and stage-0 (`single`,
+whose files hold the live module and optimizer state) runs on CPU (gloo).
 
 The same run saves every 3 steps synchronously and asynchronously (files written by a thread while
 training goes on, sealed 2 steps later). Training is unchanged, every asynchronous checkpoint is
@@ -40,12 +41,12 @@ def same(a, b, where: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+@pytest.mark.parametrize("stage", ["zero2", "zero3", "single"])
 def test_asynchronous_checkpoints_are_sealed_complete_identical_and_resume_bit_exactly(stage, data_overrides, launch, tmp_path):
     from seq2vae.checkpoint.durability import checkpoint_problems
 
-    config = CONFIGS / f"debug-{stage}.yaml"
-    common = [*data_overrides, "checkpoint.every_steps=3", "checkpoint.keep_last=10"]
+    config = CONFIGS / ("debug-zero2.yaml" if stage == "single" else f"debug-{stage}.yaml")
+    common = [*data_overrides, f"deepspeed={stage}", "checkpoint.every_steps=3", "checkpoint.keep_last=10"]
     sync_dir, async_dir, resumed_dir = tmp_path / "sync", tmp_path / "async", tmp_path / "resumed"
     done = launch.run(launch.train_args(config, *common, f"run_dir={sync_dir}"))
     assert done.returncode == 0, launch.tail(done)

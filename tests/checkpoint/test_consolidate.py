@@ -1,4 +1,5 @@
-"""`consolidate` returns what DeepSpeed's zero_to_fp32 returns, bit for bit, on real 2-rank checkpoints (issue 10.4)."""
+"""`consolidate` returns what DeepSpeed's zero_to_fp32 returns, bit for bit, on real 2-rank checkpoints (issue 10.4), and
+the fp32 masters / module state of the two layouts zero_to_fp32 cannot read (BF16_Optimizer, no ZeRO)."""
 
 from __future__ import annotations
 
@@ -120,3 +121,50 @@ def test_missing_or_foreign_files_are_named(golden_runs, tmp_path):
 
     with pytest.raises(FileNotFoundError, match=r"no \*_model_states.pt files"):
         consolidate(tmp_path)
+
+
+def test_bf16_optimizer_checkpoints_give_the_fp32_masters(layout_checkpoints, tmp_path):
+    """DeepSpeed's BF16_Optimizer (stage 1, bf16, fp32 accumulation) writes no `zero_stage`: zero_to_fp32
+    refuses it; the reference is the live engine's fp32 masters, gathered after the step."""
+    checkpoint = layout_checkpoints / "zero1-bf16" / "step_1"
+    reference = torch.load(checkpoint.parent / "reference.pt", weights_only=True)
+    ours = consolidate(checkpoint)
+    assert list(ours) == ["scale", "counts", "embed.weight", "hidden.weight", "hidden.bias", "head.weight"]
+    for name, master in reference.items():
+        assert ours[name].dtype == torch.float32 and torch.equal(ours[name], master), name
+    assert ours["head.weight"] is ours["embed.weight"]
+    # The bf16 weights DeepSpeed saved are the masters rounded; the masters carry more than that.
+    module = torch.load(checkpoint / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    assert all(torch.equal(ours[name].to(torch.bfloat16), module[name]) for name in reference)
+    assert any(not torch.equal(ours[name], module[name].float()) for name in reference)
+    halved = consolidate(checkpoint, torch.bfloat16)
+    assert all(torch.equal(halved[name], module[name]) for name in reference) and halved["counts"].dtype == torch.int64
+
+    broken = shutil.copytree(checkpoint, tmp_path / "step_1")
+    path = broken / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    state = torch.load(path, weights_only=False)
+    state["optimizer_state_dict"]["single_partition_of_fp32_groups"][0] = state["optimizer_state_dict"][
+        "single_partition_of_fp32_groups"][0][:-2]
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"mp_rank_00_model_states.pt: param group 0 lays out \d+ elements"):
+        consolidate(broken)
+
+
+def test_stage_0_checkpoints_give_the_module_state(layout_checkpoints, tmp_path):
+    checkpoint = layout_checkpoints / "stage0" / "step_1"
+    assert not list(checkpoint.glob("*_optim_states.pt"))  # the optimizer state is inside the model states
+    reference = torch.load(checkpoint.parent / "reference.pt", weights_only=True)
+    ours = consolidate(checkpoint)
+    assert list(ours) == list(reference)  # frozen parameters and persistent buffers included
+    assert all(torch.equal(ours[name], value) and ours[name].dtype == value.dtype for name, value in reference.items())
+    assert ours["head.weight"] is ours["embed.weight"]
+    halved = consolidate(checkpoint, torch.bfloat16)
+    assert halved["hidden.weight"].dtype == torch.bfloat16 and halved["counts"].dtype == torch.int64
+
+    # Without its optimizer state it is no checkpoint of ours: the ZeRO reading names what is missing.
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    state = torch.load(checkpoint / "mp_rank_00_model_states.pt", weights_only=False)
+    torch.save({**state, "optimizer": None}, foreign / "mp_rank_00_model_states.pt")
+    with pytest.raises(ValueError, match="is not a ZeRO model state file"):
+        consolidate(foreign)

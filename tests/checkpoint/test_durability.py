@@ -141,3 +141,7 @@ def test_a_world_size_change_that_is_not_supported_says_what_to_run(tmp_path):
         ReshardError, match=r"written by 2 ranks and this job has 1.*with ZeRO offload.*Resume on 2 ranks.*zero_to_fp32\.py"
     ):
         check_reshardable(checkpoint, one_rank, zero_stage=3, offload=True)
+    # Stage 0 writes no ZeRO partitions for zero_to_fp32: the way on is init_from (it reads stage 0).
+    with pytest.raises(ReshardError, match=r"not at ZeRO stage 0.*Resume on 2 ranks, or start a new run from its weights "
+                                           rf"with model\.init_from={tmp_path / 'run'}"):
+        check_reshardable(checkpoint, one_rank, zero_stage=0, offload=False)

@@ -5,6 +5,11 @@ integer buffers (and a non-persistent one, which is not saved), odd sizes (ZeRO-
 ZeRO-1/2 alignment), two param groups and a tied weight. One step, then one checkpoint per stage:
 
     torchrun --nproc_per_node 2 zero_layout_worker.py OUT   # OUT/zero{1,2,3}/step_1
+
+and two layouts DeepSpeed's zero_to_fp32 cannot read, with rank 0's reference of what they hold:
+OUT/zero1-bf16/step_1 (stage 1 in bf16 with fp32 accumulation: DeepSpeed's BF16_Optimizer; reference:
+every trained parameter's fp32 master, gathered) and OUT/stage0/step_1 (no ZeRO; reference: the
+module's state dict).
 """
 
 import sys
@@ -58,5 +63,37 @@ for stage in (1, 2, 3):
     engine.backward(loss)
     engine.step()
     engine.save_checkpoint(str(out / f"zero{stage}"), tag="step_1")
+    del engine
+
+for name, settings in {
+    "zero1-bf16": {"zero_optimization": {"stage": 1}, "bf16": {"enabled": True}, "data_types": {"grad_accum_dtype": "fp32"}},
+    "stage0": {"zero_optimization": {"stage": 0}},
+}.items():
+    torch.manual_seed(4)
+    model = Toy()
+    groups = [
+        {"params": [model.embed.weight, model.hidden.weight]},
+        {"params": [model.hidden.bias], "weight_decay": 0.0},
+    ]
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=torch.optim.AdamW(groups, lr=0.1),
+        config={"train_micro_batch_size_per_gpu": 1, "zero_allow_untested_optimizer": True, "steps_per_print": 10**9,
+                **settings},
+    )
+    expected = "BF16_Optimizer" if name == "zero1-bf16" else "AdamW"
+    assert type(engine.optimizer).__name__ == expected, (name, type(engine.optimizer))
+    loss = engine(torch.tensor([[world.rank, 5, 9, 36]]))
+    engine.backward(loss)
+    engine.step()
+    engine.save_checkpoint(str(out / name), tag="step_1")
+    if name == "zero1-bf16":  # a collective: every rank takes part
+        reference = {
+            param_name: deepspeed.utils.safe_get_full_fp32_param(param).detach().clone()
+            for param_name, param in engine.module.named_parameters() if param.requires_grad
+        }
+    else:
+        reference = {key: value.detach().clone() for key, value in engine.module.state_dict().items()}
+    if world.rank == 0:
+        torch.save(reference, out / name / "reference.pt")
     del engine
 shutdown_world()

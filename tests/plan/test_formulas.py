@@ -97,3 +97,13 @@ def test_t5_base_flops_per_token_hand_count(backbone_dirs):
     assert forward_flops_per_sentence(shape, s) == forward
     assert training_flops_per_token(shape, s) == 3 * forward / (2 * s) == 640_642_752
     assert shape.parameters == 222_903_552 + 2 * d * 32 + 2 * 32 + d * 32 + d  # published t5-base + VAE heads
+
+
+def test_stage_0_holds_everything_once_per_rank_in_fp32(tiny):
+    # The fp32 parameters are the optimizer's masters (no copy); param.grad and two moments beside them,
+    # whole on every rank whatever the world size.
+    for world in (1, 2):
+        zero = model_state_bytes(tiny, ZeroSetting(stage=0), world, "fp32")
+        assert (zero.parameters, zero.gradients, zero.optimizer_states, zero.buffers, zero.host) == (4 * P, 4 * P, 8 * P, 0, 0)
+    with pytest.raises(ValueError, match="stage 0 runs fp32 only"):
+        model_state_bytes(tiny, ZeroSetting(stage=0), 1, "bf16")

@@ -19,12 +19,13 @@ def resolve(template, **kwargs):
 
 
 @pytest.mark.parametrize(
-    "name", ["zero1", "zero2", "zero2_offload", "zero3", "zero3_hpz", "zero3_offload", "zero3_offload_optimizer"]
+    "name", ["zero1", "zero2", "zero2_offload", "zero3", "zero3_hpz", "zero3_offload", "zero3_offload_optimizer", "single"]
 )
 def test_packaged_templates_resolve_completely(name):
     template, source = load_ds_template(name)
     assert source.endswith(f"ds_configs/{name}.json")
-    config = resolve(template)
+    precision = "fp32" if name == "single" else "bf16"  # stage 0 has no bf16 with fp32 accumulation
+    config = resolve(template, precision=precision)
     assert config["train_batch_size"] == 4 * 2 * 2
     assert config["train_micro_batch_size_per_gpu"] == 4 and config["gradient_accumulation_steps"] == 2
     assert config["gradient_clipping"] == 0.5
@@ -32,7 +33,7 @@ def test_packaged_templates_resolve_completely(name):
     assert {k: params[k] for k in ("lr", "betas", "eps", "weight_decay")} == {
         "lr": 3e-4, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.01
     }
-    assert config["bf16"]["enabled"] is True
+    assert config["bf16"]["enabled"] is (precision == "bf16")
     assert config["data_types"]["grad_accum_dtype"] == "fp32"
     assert "auto" not in repr(config)
     assert template != config and "auto" in repr(template)  # pure: the template is untouched
@@ -140,3 +141,26 @@ def test_overlap_comm_and_hpz_auto_follow_the_device_and_the_node_layout():
     assert one_node["zero_optimization"]["zero_hpz_partition_size"] == 1
     cpu = resolve(template)
     assert cpu["zero_optimization"]["overlap_comm"] is False and cpu["zero_optimization"]["zero_hpz_partition_size"] == 1
+
+
+def test_auto_preset_needs_no_zero_on_one_rank():
+    from seq2vae.train.config import TrainConfig
+    from seq2vae.train.ds_config import preset_for, resolved_ds_config
+
+    assert preset_for("auto", 1, "fp32") == "single"
+    assert preset_for("auto", 1, "bf16") == preset_for("auto", 2, "fp32") == preset_for("auto", 8, "bf16") == "zero2"
+    assert preset_for("zero3", 1, "fp32") == "zero3"  # asked for: kept
+    config = TrainConfig(precision="fp32")
+    assert config.deepspeed == "auto"
+    assert resolved_ds_config(config, 1, 64)["zero_optimization"] == {"stage": 0}
+    assert resolved_ds_config(config, 2, 64)["zero_optimization"]["stage"] == 2
+    config.precision = "bf16"  # stage 0 has no bf16 with fp32 accumulation; BF16_Optimizer measured slower
+    assert resolved_ds_config(config, 1, 64)["zero_optimization"]["stage"] == 2
+
+
+def test_stage_zero_in_bf16_is_refused_naming_the_key():
+    template, _ = load_ds_template("single")
+    assert resolve(template, precision="fp32")["zero_optimization"] == {"stage": 0}
+    refused = r"single.json: 'zero_optimization.stage' 0 with precision=bf16.*deepspeed=auto"
+    with pytest.raises(DeepSpeedConfigError, match=refused):
+        resolve(template, source="ds_configs/single.json")

@@ -1,4 +1,6 @@
-"""Real 2-process torchrun training runs on CPU (gloo) for ZeRO-2 and ZeRO-3.
+"""Real 2-process torchrun training runs on CPU (gloo) for ZeRO-2, ZeRO-3 and no ZeRO (stage 0, the
+`single` preset `deepspeed: auto` picks for one fp32 rank; two ranks here so that the probe can put a
+non-finite gradient on one rank only: the step guard must drop the step on both).
 
 Runs are shared between assertions through module-scoped fixtures: per stage, one uninterrupted
 run, one run stopped mid-phase and resumed, and one engine probe (tests/train/engine_probe.py).
@@ -18,7 +20,8 @@ import pytest
 import torch
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-STAGES = ["zero2", "zero3"]
+STAGES = ["zero2", "zero3", "single"]
+ZERO_STAGE = {"zero2": 2, "zero3": 3, "single": 0}
 TOTAL_STEPS = 12  # configs/debug-zero*.yaml: 4 autoencoder steps (decoder frozen) + 8 VAE steps
 STOP_AT = 6  # inside phase 2, after the phase switch, between two periodic checkpoints
 
@@ -30,7 +33,8 @@ def stage_runs(request, data_overrides, launch, tmp_path_factory):
     """(stage, uninterrupted run dir, stopped-and-resumed run dir, probe out dir) for one ZeRO stage."""
     stage = request.param
     root = tmp_path_factory.mktemp(f"runs-{stage}")
-    config = CONFIGS / f"debug-{stage}.yaml"
+    config = CONFIGS / ("debug-zero2.yaml" if stage == "single" else f"debug-{stage}.yaml")
+    data_overrides = [*data_overrides, f"deepspeed={stage}"]
     full, resumed, probe = root / "full", root / "resumed", root / "probe"
     probe.mkdir()
     done = launch.run(launch.train_args(config, *data_overrides, f"run_dir={full}"))
@@ -66,7 +70,7 @@ def test_run_dir_is_self_describing(stage_runs):
     assert saved.deepspeed == stage and saved.run_dir == str(full)
     ds_config = json.loads((full / "ds_config.json").read_text())
     assert ds_config["train_batch_size"] == saved.data.micro_batch_size * 2
-    assert ds_config["zero_optimization"]["stage"] == int(stage[-1])
+    assert ds_config["zero_optimization"]["stage"] == ZERO_STAGE[stage]
     assert "auto" not in json.dumps(ds_config)
     checkpoints = full / "checkpoints"
     assert (checkpoints / "latest").read_text().strip() == f"step_{TOTAL_STEPS:08d}"
