@@ -4,9 +4,7 @@
 
 Config (plain YAML): `run_dir`, `stand_in.steps`, `stand_in.step_seconds`, optional
 `stand_in.save_every` (steps between checkpoints), `stand_in.fail_at_step` and `stand_in.failing_runs`
-(in runs with SLURM_RESTART_COUNT below it, rank 1 crashes with exit code 3 at that step),
-`stand_in.resumed_step_seconds` (the step time of requeued runs, so a test can make the first run
-outlast its time limit and the next one finish). Each step
+(in runs with SLURM_RESTART_COUNT below it, rank 1 crashes with exit code 3 at that step). Each step
 sleeps; ranks agree on stop requests with an all-reduce (gloo) at every step boundary, like the
 trainer. On SIGUSR1 or SIGTERM it saves `RUN_DIR/checkpoints/step_XXXXXXXX` + `latest` and exits 75;
 at the end it saves and exits 0. Every rank appends what happened to `RUN_DIR/events.jsonl` (one JSON
@@ -74,8 +72,6 @@ def main() -> int:
     config = load_config(args.config, args.overrides)
     run_dir = Path(config["run_dir"])
     steps, step_seconds = int(config["stand_in"]["steps"]), float(config["stand_in"]["step_seconds"])
-    if int(os.environ.get("SLURM_RESTART_COUNT", 0)) > 0:
-        step_seconds = float(config["stand_in"].get("resumed_step_seconds", step_seconds))
 
     received: list[str] = []
     for signum in (signal.SIGUSR1, signal.SIGTERM):

@@ -158,6 +158,9 @@ def test_training_at_its_time_limit_saves_on_term_requeues_and_matches_an_uninte
     text = log.read_text()
     restarts = int(job["Restarts"])
     assert job["JobState"] == "COMPLETED" and restarts >= 1, text + slurm_cluster.explain(job_id)
+    # SLURM's TERM at the limit reached the batch script, which asked every rank to save (the ranks
+    # got TERM from SLURM too; the trainer all-reduces the stop, so one rank's signal stops all).
+    assert text.count("TERM: asking every rank to save and stop") >= restarts, text
     assert text.count("stopped by TERM (job COMPLETING TimeLimit) after saving; requeueing") == restarts, text
     resumed_at = [int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if "resumed from" in line and " at step " in line]
     assert len(resumed_at) == restarts and resumed_at == sorted(resumed_at) and 0 < resumed_at[0] < steps, text

@@ -33,11 +33,13 @@ def _manifest(run_dir: Path) -> dict:
 
 
 def test_fp32_auto_is_stage_zero_and_computes_what_zero2_computes(launch, data_overrides, tmp_path):
-    single = _train(launch, data_overrides, tmp_path / "auto", "deepspeed=auto")
+    # Two micro-batches a step (the debug config's micro batch is 8): accumulation is the engine's too.
+    single = _train(launch, data_overrides, tmp_path / "auto", "deepspeed=auto", "data.global_batch_size=16")
     assert json.loads((tmp_path / "auto" / "ds_config.json").read_text())["zero_optimization"] == {"stage": 0}
     assert {key: _manifest(tmp_path / "auto")[key] for key in ("zero_stage", "optimizer")} == {
         "zero_stage": 0, "optimizer": "GuardedOptimizer"}
-    zero2 = _train(launch, data_overrides, tmp_path / "zero2", "deepspeed=zero2")
+    zero2 = _train(launch, data_overrides, tmp_path / "zero2", "deepspeed=zero2", "data.global_batch_size=16")
+    assert json.loads((tmp_path / "auto" / "ds_config.json").read_text())["gradient_accumulation_steps"] == 2
     assert _manifest(tmp_path / "zero2")["optimizer"] == "DeepSpeedZeroOptimizer"
     assert [m["step"] for m in single] == [m["step"] for m in zero2] == list(range(1, 7))
     for key in ("train/loss", "train/recon", "train/kl", "train/grad_norm", "train/lr"):
@@ -50,7 +52,7 @@ def test_fp32_auto_is_stage_zero_and_computes_what_zero2_computes(launch, data_o
     before = (tmp_path / "auto" / "metrics.jsonl").read_text()
     resumed = launch.run(launch.train_args(launch.configs / "debug-zero2.yaml", *data_overrides,
                                            f"run_dir={tmp_path / 'auto'}", *STEPS[:-1], "phases.1.steps=5",
-                                           "deepspeed=auto", "resume=auto"))
+                                           "deepspeed=auto", "data.global_batch_size=16", "resume=auto"))
     message = launch.tail(resumed)
     assert resumed.returncode != 0 and "exitcode  : 2" in resumed.stderr, message  # our user error, not a crash
     assert "written at ZeRO stage 0 (GuardedOptimizer)" in message and "stage 2 (DeepSpeedZeroOptimizer)" in message
