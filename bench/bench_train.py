@@ -228,9 +228,10 @@ def probe_report(import_root: Path, workdir: Path, name: str, shards: Path, toke
     return json.loads(out.read_text())
 
 
-def probe_run(import_root: Path, workdir: Path, name: str, shards: Path, tokenizer_dir: Path, steps: int) -> dict:
+def probe_run(import_root: Path, workdir: Path, name: str, shards: Path, tokenizer_dir: Path, steps: int,
+              extra: tuple[str, ...] = ()) -> dict:
     """Host syncs and step time of plain steps in one run (`probe_report`)."""
-    report = probe_report(import_root, workdir, name, shards, tokenizer_dir, steps)
+    report = probe_report(import_root, workdir, name, shards, tokenizer_dir, steps, extra)
     plain = [step for step in report["steps"][1:] if step["plain"]]
     return {
         "own_syncs": statistics.median(step["own_syncs"] for step in plain),
@@ -253,13 +254,19 @@ def padding_share(shards: Path, micro_batch_size: int, length_bucketing: bool, b
     return 1 - real / padded
 
 
-def bench_host_syncs(workdir: Path, before: str, steps: int) -> None:
+def synthetic_shards(workdir: Path) -> Path:
+    """WORKDIR/shards: 4000 synthetic sentences written with WORKDIR/tokenizer."""
     from seq2vae.data.shards import write_shards
     from seq2vae.data.synthetic import write_jsonl
 
     corpus = write_jsonl(workdir / "corpus.jsonl", 4000, seed=1)
     shards = workdir / "shards"
     write_shards([str(corpus)], shards, str(workdir / "tokenizer"), valid_fraction=0.05, shard_size=1000, progress=False)
+    return shards
+
+
+def bench_host_syncs(workdir: Path, before: str, steps: int) -> None:
+    shards = synthetic_shards(workdir)
     from revisions import checkout_package, this_checkout
 
     roots = {"before": checkout_package(before, workdir / "before"), "after": this_checkout(workdir / "after")}
@@ -298,9 +305,6 @@ def bench_host_syncs(workdir: Path, before: str, steps: int) -> None:
 def bench_single_rank(tokenizer, workdir: Path, d_model: int, layers: int, steps: int) -> None:
     from transformers import T5ForConditionalGeneration
 
-    from seq2vae.data.shards import write_shards
-    from seq2vae.data.synthetic import write_jsonl
-
     torch.manual_seed(0)
     backbone = workdir / "backbone"
     model = T5ForConditionalGeneration(backbone_config(tokenizer, d_model, layers))
@@ -308,9 +312,7 @@ def bench_single_rank(tokenizer, workdir: Path, d_model: int, layers: int, steps
         model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight) * 0.05)
     model.save_pretrained(backbone)
     tokenizer.save_pretrained(backbone)
-    corpus = write_jsonl(workdir / "corpus.jsonl", 4000, seed=1)
-    shards = workdir / "shards"
-    write_shards([str(corpus)], shards, str(workdir / "tokenizer"), valid_fraction=0.05, shard_size=1000, progress=False)
+    shards = synthetic_shards(workdir)
     from revisions import this_checkout
 
     root = this_checkout(workdir / "checkout")
@@ -319,19 +321,17 @@ def bench_single_rank(tokenizer, workdir: Path, d_model: int, layers: int, steps
         runs: dict[str, list[dict]] = {}
         for preset in (*presets, *presets):  # interleaved: drift hits both alike
             name = f"{precision}-{preset}-{len(runs.get(preset, []))}"
-            report = probe_report(root, workdir, name, shards, workdir / "tokenizer", steps, (
+            run = probe_run(root, workdir, name, shards, workdir / "tokenizer", steps, (
                 f"model.backbone={backbone}", f"deepspeed={preset}", f"precision={precision}", "logging.every_steps=1000"))
-            plain = [step for step in report["steps"][1:] if step["plain"]]
-            rss = max(m.get("memory/max_rss_gib", 0.0) for m in map(json.loads, (workdir / name / "metrics.jsonl").open()))
-            optimizer = json.loads(next((workdir / name / "checkpoints").glob("step_*/manifest.json")).read_text())["optimizer"]
-            runs.setdefault(preset, []).append({
-                "step_s": statistics.median(step["step_s"] for step in plain), "rss_gib": rss, "optimizer": optimizer,
-                "syncs": statistics.median(step["syncs"] for step in plain),
-            })
+            run["rss_gib"] = max(m.get("memory/max_rss_gib", 0.0)
+                                 for m in map(json.loads, (workdir / name / "metrics.jsonl").open()))
+            manifest = next((workdir / name / "checkpoints").glob("step_*/manifest.json"))
+            run["optimizer"] = json.loads(manifest.read_text())["optimizer"]
+            runs.setdefault(preset, []).append(run)
         for preset, measured in runs.items():
             print(f"one rank    {precision} {preset:6s} ({measured[0]['optimizer']}): plain step "
                   f"{statistics.median(r['step_s'] for r in measured) * 1e3:.0f} ms, syncs per plain step "
-                  f"{measured[0]['syncs']:.0f}, peak RSS {statistics.median(r['rss_gib'] for r in measured) * 1024:.0f} MiB "
+                  f"{measured[0]['all_syncs']:.0f}, peak RSS {statistics.median(r['rss_gib'] for r in measured) * 1024:.0f} MiB "
                   f"(median of 2 runs)")
         lean, zero2 = (runs[preset] for preset in presets)
         speed = statistics.median(r["step_s"] for r in zero2) / statistics.median(r["step_s"] for r in lean)

@@ -257,27 +257,15 @@ def _zero12_parameters(model: ModelStates, optim: OptimStates, writer: Writer, s
             numel = math.prod(shape)
             state[name] = writer.write(flat.slices(offset, numel), shape, stored)
             offset += numel + (paddings[index] if paddings is not None else 0)
-        # Both the parameters' end and the stored length are rounded up to 2 x world size, as in
+        if optim.group_paddings is not None:  # BF16_Optimizer records its end padding: the layout must match exactly
+            padding = sum(rank_paddings[group] for rank_paddings in optim.group_paddings)
+            if offset + padding != flat.numel:
+                raise ValueError(f"{model.path}: param group {group} lays out {offset} elements and {padding} of "
+                                 f"padding, the partitions hold {flat.numel}")
+        # ZeRO-1/2: both the parameters' end and the stored length are rounded up to 2 x world size, as in
         # DeepSpeed: the partitions carry padding that only the live optimizer could predict exactly.
-        align = 2 * optim.world_size
-        if _ceil_div(offset, align) != _ceil_div(flat.numel, align):
+        elif _ceil_div(offset, 2 * optim.world_size) != _ceil_div(flat.numel, 2 * optim.world_size):
             raise ValueError(f"{model.path}: param group {group} lays out {offset} elements, the partitions hold {flat.numel}")
-
-
-def _bf16_optimizer_parameters(model: ModelStates, optim: OptimStates, writer: Writer, state: dict) -> None:
-    assert optim.group_paddings is not None
-    stored = optim.flat_groups[0][0].dtype
-    for group, shapes in enumerate(model.param_shapes):
-        flat = Concatenation([rank_groups[group] for rank_groups in optim.flat_groups])
-        offset = 0
-        for name, shape in shapes.items():
-            numel = math.prod(shape)
-            state[name] = writer.write(flat.slices(offset, numel), shape, stored)
-            offset += numel
-        padding = sum(rank_paddings[group] for rank_paddings in optim.group_paddings)
-        if offset + padding != flat.numel:
-            raise ValueError(f"{model.path}: param group {group} lays out {offset} elements and {padding} of padding, "
-                             f"the partitions hold {flat.numel}")
 
 
 def _stage0_state(path: Path, state: Any, writer: Writer) -> dict[str, torch.Tensor]:
@@ -361,7 +349,8 @@ def consolidate(checkpoint: str | Path, dtype: torch.dtype = torch.float32) -> d
     first = load(model_files[0])
     if len(model_files) == 1 and not list(checkpoint.glob("*_optim_states.pt")) and _is_stage0(first):
         return _stage0_state(model_files[0], first, writer)
-    models = [_model_states(path, first if path == model_files[0] else load(path)) for path in model_files]
+    states = [first, *(load(path) for path in model_files[1:])]
+    models = [_model_states(path, model_state) for path, model_state in zip(model_files, states, strict=True)]
     optim_files = _files(checkpoint, "*_optim_states.pt")
     optim = _optim_states(optim_files, [load(path) for path in optim_files])
 
@@ -369,10 +358,8 @@ def consolidate(checkpoint: str | Path, dtype: torch.dtype = torch.float32) -> d
         name: writer.write([buffer.reshape(-1)], buffer.shape, buffer.dtype) for name, buffer in models[0].buffers.items()
     }
     _frozen_parameters(models, optim, writer, state)
-    if optim.group_paddings is not None:
-        _bf16_optimizer_parameters(models[0], optim, writer, state)
-    else:
-        (_zero3_parameters if optim.zero_stage == 3 else _zero12_parameters)(models[0], optim, writer, state)
+    # BF16_Optimizer's partitions are laid out as ZeRO-1/2's, without per-parameter alignment padding.
+    (_zero3_parameters if optim.zero_stage == 3 else _zero12_parameters)(models[0], optim, writer, state)
     for alias, stored in models[0].shared_params.items():
         if stored in state:
             state[alias] = state[stored]

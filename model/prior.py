@@ -106,21 +106,24 @@ class GaussianMixturePrior:
 LEARNED_PRIORS = {"gmm": (GMM_FILE, GaussianMixturePrior), "flow": (FLOW_FILE, FlowPrior)}
 
 
+def _saved_kinds(directory: Path):
+    """(name, class) of each learned prior whose weights file is in `directory`, in LEARNED_PRIORS order."""
+    return ((name, kind) for name, (file, kind) in LEARNED_PRIORS.items() if (directory / file).is_file())
+
+
 def saved_priors(directory: str | Path) -> list:
     """Every learned prior saved in a model directory (the mixture first), [] when none was fitted."""
     directory = Path(directory)
-    return [kind.load(directory) for file, kind in LEARNED_PRIORS.values() if (directory / file).is_file()]
+    return [kind.load(directory) for _, kind in _saved_kinds(directory)]
 
 
 def saved_prior(directory: str | Path, kind: str = "auto"):
     """The learned prior of `kind` ("gmm", "flow"; "auto": the mixture when there is one, else the flow)
-    saved in a model directory, or None. The mixture wins "auto" because it measured better samples
-    on the synthetic corpus at the same held-out density (bench/RESULTS.md)."""
+    saved in a model directory, or None (only that one is loaded). The mixture wins "auto" because it
+    measured better samples on the synthetic corpus at the same held-out density (bench/RESULTS.md)."""
     directory = Path(directory)
-    for name, (file, kind_class) in LEARNED_PRIORS.items():
-        if kind in ("auto", name) and (directory / file).is_file():
-            return kind_class.load(directory)
-    return None
+    chosen = next((prior for name, prior in _saved_kinds(directory) if kind in ("auto", name)), None)
+    return chosen.load(directory) if chosen is not None else None
 
 
 def fit_gaussian_mixture(
