@@ -86,9 +86,9 @@ GPU_REDUCE_BUCKET_ELEMENTS = 50_000_000
 
 
 # `deepspeed: auto` (the default): ZeRO-2, except on one fp32 rank, which has nothing to partition and
-# runs stage 0 (`single`: 1.23x the speed of ZeRO-2, 153 MiB less peak RSS, bench/RESULTS.md). One bf16
-# rank stays on ZeRO-2: DeepSpeed 0.19.8 has no stage-0 bf16 with fp32 gradient accumulation, and its
-# other bf16 path, BF16_Optimizer (stage 1), measured 0.45x ZeRO-2's speed with more memory.
+# runs stage 0 (`single`: 1.23x-1.34x the speed of ZeRO-2, ~160 MiB less peak RSS, bench/RESULTS.md). One
+# bf16 rank stays on ZeRO-2: DeepSpeed 0.19.8 has no stage-0 bf16 with fp32 gradient accumulation, and
+# its other bf16 path, BF16_Optimizer (stage 1), held more memory on CPU at a speed that did not reproduce.
 AUTO_PRESET = "auto"
 DEFAULT_PRESET = "zero2"
 SINGLE_RANK_FP32_PRESET = "single"

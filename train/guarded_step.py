@@ -30,10 +30,6 @@ class GuardedOptimizer:
     def param_groups(self) -> list[dict]:
         return self.optimizer.param_groups
 
-    @property
-    def state(self):
-        return self.optimizer.state
-
     def _with_gradients(self) -> list[torch.nn.Parameter]:
         return [p for group in self.param_groups for p in group["params"] if p.grad is not None]
 
